@@ -1,0 +1,13 @@
+"""The seed model/guide pairs, one file each.
+
+:data:`REGISTRY` maps a CLI name to the class. A class there has ``from_data(data, **options)``
+(build for a :class:`pyro_vi.data.Dataset`, ignoring options it does not use), a ``config`` dict
+(the constructor's keyword arguments, so a run can rebuild it), ``check(x)`` (one-line errors for
+data it cannot take) and the methods ``model`` and ``guide``.
+"""
+
+from .vae import VAE
+
+REGISTRY = {"vae": VAE}
+
+__all__ = ["REGISTRY", "VAE"]

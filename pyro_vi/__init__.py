@@ -1,0 +1,12 @@
+"""pyro-vi: latent-variable models and variational inference for Pyro.
+
+The path data take: :mod:`pyro_vi.data` → a model/guide pair (:mod:`pyro_vi.models`) →
+:func:`fit` → :func:`elbo` / :func:`log_marginal` → diagnostics and plots.
+"""
+
+from .evaluate import elbo, log_marginal
+from .training import FitResult, fit
+
+__version__ = "0.1.0"
+
+__all__ = ["fit", "FitResult", "elbo", "log_marginal", "__version__"]

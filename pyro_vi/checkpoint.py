@@ -1,0 +1,107 @@
+"""Checkpoints: weights, optimizer state, RNG states and history in one file, safely.
+
+A checkpoint is a dict of tensors, numbers, strings, lists and dicts only. It is written to a
+temporary file in the same folder and renamed over the old one, so a crash never leaves a
+half-written checkpoint, and it is read with ``torch.load(..., weights_only=True)``, which refuses
+pickled code instead of running it::
+
+    save_atomic({"params": {...}, "epoch": 3}, "runs/demo/checkpoint.pt")
+    state = load_checkpoint("runs/demo/checkpoint.pt")
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+
+__all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "rng_state", "set_rng_state"]
+
+FORMAT = "pyro-vi-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or run directory is missing, corrupt, unsafe or does not match."""
+
+
+def save_atomic(obj: dict, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **obj}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``; every failure is a one-line CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: point at a run directory written by fit")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path} carries pickled code and was refused (only weights are loaded): "
+            "use a checkpoint written by pyro-vi"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - truncated or foreign files
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(e).__name__}): it is corrupt or "
+            "truncated; rerun the fit or resume from an intact copy"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a pyro-vi checkpoint ({FORMAT}): rerun the fit")
+    return state
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict:
+    """Every random state a run depends on, as tensors and plain Python values."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+        "numpy": np.random.get_state()[1].tolist(),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "numpy_gauss": [int(np.random.get_state()[3]), float(np.random.get_state()[4])],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if generator is not None:
+        state["data"] = generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"].cpu())
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    has_gauss, gauss = state["numpy_gauss"]
+    np.random.set_state(
+        ("MT19937", np.array(state["numpy"], dtype=np.uint32), state["numpy_pos"], has_gauss, gauss)
+    )
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    if generator is not None and "data" in state:
+        generator.set_state(state["data"].cpu())
+
+
+def param_values() -> dict[str, torch.Tensor]:
+    """Unconstrained values of everything in Pyro's param store, detached copies."""
+    store = pyro.get_param_store()
+    return {name: store[name].unconstrained().detach().clone() for name in store.keys()}

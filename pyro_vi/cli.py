@@ -1,0 +1,173 @@
+"""The ``pyro-vi`` command: ``fit``, ``evaluate`` and ``sample``.
+
+Bad input ends with one line on stderr naming the problem and the fix, and exit code 2
+(set ``PYRO_VI_DEBUG=1`` for the traceback)::
+
+    pyro-vi fit vae --dataset digits --epochs 50 --out runs/digits
+    pyro-vi evaluate runs/digits --iwae-k 5000
+    pyro-vi sample runs/digits -n 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["main", "parser"]
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a whole number") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{v} must be > 0")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{v} must be > 0")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        self.exit(2, f"pyro-vi: error: {message} (see {self.prog} --help)\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of ``pyro-vi``."""
+    p = _Parser(prog="pyro-vi", description="Latent-variable models fitted by SVI with Pyro.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    f = sub.add_parser("fit", help="fit a model/guide pair and write a run directory")
+    f.add_argument("model", help="registered model name (e.g. vae)")
+    f.add_argument(
+        "--dataset", default="digits", help="digits, fashion-mnist, mnist, gaussian2d, ..."
+    )
+    f.add_argument("--binarize", default="auto", choices=["auto", "dynamic", "static", "none"],
+                   help="auto: dynamic for image sets, none otherwise")  # fmt: skip
+    f.add_argument("--likelihood", default=None, choices=["bernoulli", "normal"],
+                   help="default: bernoulli for binarized images, normal otherwise")  # fmt: skip
+    f.add_argument("--epochs", type=_positive_int, default=50, help="total epochs")
+    f.add_argument("--batch-size", type=_positive_int, default=128)
+    f.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate")
+    f.add_argument("--lr-decay", type=_positive_float, default=1.0, help="per-epoch factor")
+    f.add_argument("--optimizer", default="adam", choices=["adam", "clippedadam", "sgd"])
+    f.add_argument("--z-dim", type=_positive_int, default=20, help="latent dimension")
+    f.add_argument("--hidden", type=_positive_int, nargs="+", default=[400], help="hidden widths")
+    f.add_argument("--activation", default="relu", choices=["relu", "tanh", "softplus", "elu"])
+    f.add_argument("--loss", default="elbo", choices=["elbo", "meanfield", "iwae", "tracegraph"])
+    f.add_argument("--num-particles", type=_positive_int, default=1)
+    f.add_argument("--anneal-epochs", type=int, default=0, help="epochs of linear KL warm-up")
+    f.add_argument("--early-stopping", type=_positive_int, default=None, help="patience (epochs)")
+    f.add_argument("--checkpoint-every", type=_positive_int, default=1, help="epochs")
+    f.add_argument("--iwae-k", type=int, default=1000, help="particles for the final log p(x)")
+    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    f.add_argument("--seed", type=int, default=0, help="one seed for everything")
+    f.add_argument("--out", default=None, help="run directory (default runs/MODEL-DATASET)")
+    f.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    f.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue that run in place (--epochs is the total)")  # fmt: skip
+    f.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+
+    e = sub.add_parser("evaluate", help="ELBO and IWAE log p(x) of a run, as JSON")
+    e.add_argument("run_dir")
+    e.add_argument("--iwae-k", type=_positive_int, default=1000, help="importance samples")
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+    s = sub.add_parser("sample", help="a PNG grid of samples from a run's model")
+    s.add_argument("run_dir")
+    s.add_argument("-n", type=_positive_int, default=64, help="number of samples")
+    s.add_argument("--out", default=None, help="PNG path (default RUN_DIR/samples-N.png)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    return p
+
+
+def _fit(a) -> dict:
+    from .runs import train_run
+
+    model_options = dict(z_dim=a.z_dim, hidden=a.hidden, activation=a.activation)
+    if a.likelihood:
+        model_options["likelihood"] = a.likelihood
+    fit_options = dict(
+        epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, lr_decay=a.lr_decay,
+        optimizer=a.optimizer, loss=a.loss, num_particles=a.num_particles,
+        anneal_epochs=a.anneal_epochs, early_stopping=a.early_stopping,
+        checkpoint_every=a.checkpoint_every,
+    )  # fmt: skip
+    if a.resume:
+        keep = {"epochs", "checkpoint_every"}  # the rest comes from the run's config
+        return train_run(
+            a.model, a.resume, resume=True, iwae_k=a.iwae_k, device=a.device,
+            fit_options={k: v for k, v in fit_options.items() if k in keep},
+            figures=not a.no_figures, argv=sys.argv,
+        )  # fmt: skip
+    out = a.out or f"runs/{a.model}-{a.dataset}"
+    return train_run(
+        a.model, out, dataset=a.dataset, binarize=None if a.binarize == "none" else a.binarize,
+        model_options=model_options, fit_options=fit_options, seed=a.seed, device=a.device,
+        iwae_k=a.iwae_k, overwrite=a.overwrite, figures=not a.no_figures, argv=sys.argv,
+    )  # fmt: skip
+
+
+def _sample(a) -> dict:
+    import torch
+
+    from .plots import image_grid
+    from .runs import load_run
+
+    model_obj, data, _ = load_run(a.run_dir, a.device)
+    torch.manual_seed(a.seed)
+    out = Path(a.out or Path(a.run_dir) / f"samples-{a.n}.png")
+    if len(data.shape) == 2:
+        image_grid(model_obj.sample(a.n), data.shape, out)
+    else:
+        from .plots import latent_scatter
+
+        latent_scatter(model_obj.sample(a.n), None, out)
+    return {"samples": a.n, "png": str(out)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    try:
+        a = parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad argument (2, message already printed)
+        if e.code == 0 and argv is not None and "--help" in argv:
+            raise
+        return int(e.code or 0)
+    try:
+        if a.command == "fit":
+            out = _fit(a)
+            out = {k: v for k, v in out.items() if k != "history"}
+        elif a.command == "evaluate":
+            from .runs import evaluate_run
+
+            out = evaluate_run(a.run_dir, a.iwae_k, a.device)
+        else:
+            out = _sample(a)
+    except (ValueError, OSError) as e:  # every bad input raises a ValueError subclass
+        if os.environ.get("PYRO_VI_DEBUG"):
+            raise
+        print(f"pyro-vi: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pyro-vi: interrupted; the last checkpoint is intact", file=sys.stderr)
+        return 130
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Run directories: the main job (fit a registered model, evaluate it, draw its figures) and
+everything needed to load a run back.
+
+A run directory holds ``config.json`` (model, data and fit options, seed, versions),
+``checkpoint.pt`` (written by :func:`pyro_vi.fit`), ``metrics.json`` and PNG figures. JSON files are
+written atomically. Example::
+
+    run = train_run("vae", "runs/demo", dataset="digits", epochs=50)
+    model, data, config = load_run("runs/demo")
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pyro
+import torch
+
+from . import __version__
+from .checkpoint import CheckpointError, load_checkpoint
+from .data import IMAGE_SETS, Dataset, load
+from .evaluate import elbo, log_marginal, max_plate_nesting
+from .plots import elbo_curve, image_grid, latent_scatter
+from .training import CHECKPOINT, FitError, check_finite, fit, resolve_device
+
+__all__ = ["RunError", "train_run", "load_run", "evaluate_run", "write_json", "versions"]
+
+
+class RunError(ValueError):
+    """A run directory cannot be created or used; the message names the problem and the fix."""
+
+
+def versions() -> dict:
+    """Versions of everything a result depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"pyro_vi": __version__, "python": platform.python_version()}
+    for dist_name in ("torch", "pyro-ppl", "numpy", "arviz", "scikit-learn"):
+        try:
+            out[dist_name] = version(dist_name)
+        except PackageNotFoundError:
+            out[dist_name] = None
+    out["machine"] = f"{platform.machine()}, {os.cpu_count()} cpus"
+    out["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
+    return out
+
+
+def write_json(obj, path: str | os.PathLike) -> None:
+    """Write JSON atomically."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, default=float)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _registry():
+    from .models import REGISTRY
+
+    return REGISTRY
+
+
+def build_model(name: str, data: Dataset, options: dict):
+    """Instantiate registered model ``name`` for ``data``."""
+    registry = _registry()
+    if name not in registry:
+        raise RunError(f"unknown model {name!r}: choose one of {', '.join(sorted(registry))}")
+    return registry[name].from_data(data, **options)
+
+
+def _evaluate(model_obj, data: Dataset, iwae_k: int, particles: int = 10, seed: int = 0) -> dict:
+    out = {}
+    with torch.no_grad():
+        for split in ("train", "valid", "test"):
+            x = getattr(data, split).evaluation_x(seed)
+            out[f"{split}_elbo"] = float(
+                elbo(model_obj.model, model_obj.guide, x, num_particles=particles).mean()
+            )
+        if iwae_k:
+            x = data.test.evaluation_x(seed)
+            lm = log_marginal(model_obj.model, model_obj.guide, x, num_samples=iwae_k)
+            out["test_log_px"] = float(lm.mean())
+            out["test_nll"] = -out["test_log_px"]
+            out["iwae_k"] = iwae_k
+    return out
+
+
+def train_run(
+    model_name: str,
+    out: str | os.PathLike,
+    *,
+    dataset: str = "digits",
+    binarize: str | None = "auto",
+    model_options: dict | None = None,
+    fit_options: dict | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    iwae_k: int = 1000,
+    overwrite: bool = False,
+    resume: bool = False,
+    figures: bool = True,
+    argv: list[str] | None = None,
+) -> dict:
+    """Fit registered model ``model_name`` on ``dataset``, evaluate it and write the run directory.
+
+    ``binarize="auto"`` binarizes image sets dynamically and leaves other data as they are.
+    Everything that can be checked is checked before the directory is created, so bad input
+    leaves no files behind. With ``resume=True``, ``out`` is an existing run that goes on in place.
+    Returns the metrics.
+    """
+    out = Path(out)
+    fit_options = dict(fit_options or {})
+    model_options = dict(model_options or {})
+    dev = resolve_device(device)
+    if resume:
+        config = read_config(out)
+        model_name, dataset, binarize = config["model"], config["dataset"], config["binarize"]
+        seed, model_options = config["seed"], config["model_options"]
+        fit_options = {**config["fit_options"], **fit_options}
+        load_checkpoint(out / CHECKPOINT)  # fails early on a corrupt checkpoint
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        raise RunError(
+            f"output directory {out} is not empty: pick another --out or add --overwrite"
+        )
+    if binarize == "auto":
+        binarize = "dynamic" if dataset in IMAGE_SETS else None
+    pyro.set_rng_seed(seed)
+    data = load(dataset, binarize=binarize, seed=seed, device=dev)
+    for split in ("train", "valid", "test"):
+        check_finite(getattr(data, split), split)
+    pyro.clear_param_store()
+    model_obj = build_model(model_name, data, model_options)
+    model_obj.check(data.train.x if binarize != "dynamic" else data.train.evaluation_x(seed))
+    if not resume:
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+    config = {
+        "model": model_name, "dataset": dataset, "binarize": binarize, "seed": seed,
+        "model_options": model_options, "model_config": model_obj.config,
+        "fit_options": fit_options, "device": str(dev), "argv": argv or sys.argv,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+    }  # fmt: skip
+    write_json(config, out / "config.json")
+    result = fit(
+        model_obj.model, model_obj.guide, data, seed=seed, device=dev, checkpoint_dir=out,
+        resume=resume, run_info={"model": model_name}, **fit_options,
+    )  # fmt: skip
+    metrics = _evaluate(model_obj, data, iwae_k, seed=seed)
+    metrics.update(epochs=len(result.history), seconds=result.seconds, best_epoch=result.best_epoch,
+                   history=result.history)  # fmt: skip
+    write_json(metrics, out / "metrics.json")
+    if figures:
+        draw_figures(model_obj, data, result.history, out, seed)
+    return metrics
+
+
+def draw_figures(model_obj, data: Dataset, history: list[dict], out: Path, seed: int = 0) -> None:
+    """ELBO curve, samples, reconstructions, interpolation, and the latent space by label."""
+    elbo_curve(history, out / "elbo.png")
+    if len(data.shape) != 2 or not hasattr(model_obj, "sample"):
+        return
+    torch.manual_seed(seed)
+    x = data.test.evaluation_x(seed)[:32]
+    image_grid(model_obj.sample(64), data.shape, out / "samples.png", nrow=8, title="samples")
+    pairs = torch.stack([x[:16], model_obj.reconstruct(x[:16])], 1).reshape(32, -1)
+    image_grid(pairs, data.shape, out / "reconstructions.png", nrow=8,
+               title="data | reconstruction")  # fmt: skip
+    path = model_obj.interpolate(x[:4], x[4:8], steps=8)  # (steps, 4, D)
+    image_grid(path.transpose(0, 1).reshape(-1, data.dim), data.shape,
+               out / "interpolation.png", nrow=8, title="interpolation")  # fmt: skip
+    with torch.no_grad():
+        z = model_obj.encode(data.test.evaluation_x(seed))
+    latent_scatter(z, data.test.y, out / "latent.png")
+
+
+def read_config(run_dir: str | os.PathLike) -> dict:
+    """``config.json`` of a run directory, with one-line errors when it is missing or broken."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not run_dir.is_dir():
+        raise RunError(f"run directory {run_dir} does not exist: pass a directory written by fit")
+    try:
+        config = json.loads(path.read_text())
+        for key in ("model", "dataset", "binarize", "seed", "model_config", "fit_options"):
+            config[key]
+    except FileNotFoundError:
+        raise RunError(f"{run_dir} has no config.json: pass a directory written by fit") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise RunError(f"{path} is corrupt: rerun the fit that wrote it") from None
+    return config
+
+
+def load_run(run_dir: str | os.PathLike, device: str = "auto"):
+    """Rebuild the model of a run and load its checkpoint: returns (model_obj, data, config)."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    dev = resolve_device(device)
+    registry = _registry()
+    if config["model"] not in registry:
+        raise RunError(f"{run_dir} holds model {config['model']!r}, unknown to this pyro-vi")
+    state = load_checkpoint(run_dir / CHECKPOINT, map_location=dev)
+    data = load(config["dataset"], binarize=config["binarize"], seed=config["seed"], device=dev)
+    pyro.clear_param_store()
+    model_obj = registry[config["model"]](**config["model_config"]).to(dev)
+    x = data.test.evaluation_x(config["seed"])[:2]
+    max_plate_nesting(model_obj.model, model_obj.guide, x)  # registers the params
+    store = pyro.get_param_store()
+    if set(store.keys()) != set(state["params"]):
+        raise CheckpointError(f"{run_dir / CHECKPOINT} does not match the model in config.json")
+    with torch.no_grad():
+        for name, value in state["params"].items():
+            target = store.get_param(name).unconstrained()
+            if target.shape != value.shape:
+                raise CheckpointError(f"{run_dir / CHECKPOINT}: {name} has the wrong shape")
+            target.copy_(value)
+    return model_obj, data, config
+
+
+def evaluate_run(run_dir: str | os.PathLike, iwae_k: int = 1000, device: str = "auto") -> dict:
+    """Evaluate a saved run; the result also goes to ``evaluation.json`` in the run directory."""
+    model_obj, data, config = load_run(run_dir, device)
+    torch.manual_seed(config["seed"])
+    metrics = _evaluate(model_obj, data, iwae_k, seed=config["seed"])
+    write_json(metrics, Path(run_dir) / "evaluation.json")
+    return metrics
+
+
+__all__ += ["FitError", "build_model", "draw_figures", "read_config"]

@@ -1,0 +1,475 @@
+r"""``pyro_vi.fit``: stochastic variational inference for any Pyro model/guide pair.
+
+Each step draws a batch by index and maximizes an unbiased estimate of the full-data ELBO
+
+.. math:: \mathcal L(\theta, \phi) = \sum_{i=1}^N \mathbb E_{q_\phi(z_i \mid x_i)}
+          [\log p_\theta(x_i, z_i) - \log q_\phi(z_i \mid x_i)]
+          \approx \frac{N}{B} \sum_{i \in \text{batch}} \ldots
+
+(or whichever Pyro objective is chosen), with one torch optimizer over every parameter in Pyro's
+param store. The model and guide are called as ``model(x, idx=idx, size=N)`` (plus ``y=labels`` when
+their signature has ``y``) so that local latents can live in ``pyro.plate("data", N,
+subsample=idx)``: see :func:`pyro_vi.data.data_plate`. Example::
+
+    vae = VAE(x_dim=64)
+    result = fit(vae.model, vae.guide, load("digits", binarize="dynamic"), epochs=20)
+    print(result.history[-1]["valid_elbo"])
+
+KL annealing multiplies the log densities of the latent sites (model and guide alike) by
+:math:`\beta_t`, rising linearly from ``anneal_start`` > 0 to 1 over ``anneal_epochs`` epochs, so
+the objective is :math:`\mathbb E_q[\log p(x \mid z)] - \beta_t\,\mathrm{KL}`.
+
+Per-step overhead is kept low by general means: Pyro's validation runs on the first step only
+(``validate="first"``), ``pyro.module`` registrations are cached after the first step (the module's
+parameters are verified to be the param store's own), one optimizer steps all parameters, and the
+data stay on the device.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyro
+import pyro.infer
+import pyro.primitives
+import torch
+from pyro.poutine.messenger import Messenger
+
+from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
+from .data import Dataset, Split
+from .evaluate import elbo as elbo_per_datapoint
+from .evaluate import max_plate_nesting as plate_nesting
+
+__all__ = ["fit", "FitResult", "FitError", "LOSSES", "resolve_device"]
+
+LOSSES = ("elbo", "meanfield", "iwae", "tracegraph", "enum")
+CHECKPOINT = "checkpoint.pt"
+
+
+class FitError(ValueError):
+    """A fit cannot start or cannot go on; the message names the problem and the fix."""
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the per-epoch history and how the run went."""
+
+    history: list[dict] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    best_epoch: int | None = None
+    stopped_early: bool = False
+    device: str = "cpu"
+    config: dict = field(default_factory=dict)
+
+    @property
+    def train_elbo(self) -> list[float]:
+        return [h["train_elbo"] for h in self.history]
+
+    @property
+    def valid_elbo(self) -> list[float | None]:
+        return [h.get("valid_elbo") for h in self.history]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` → CUDA when present, else CPU; a CUDA request without CUDA is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FitError("device 'cuda' was asked for but CUDA is not available: use cpu or auto")
+    return device
+
+
+def make_loss(
+    loss: str | pyro.infer.ELBO,
+    num_particles: int = 1,
+    vectorize_particles: bool = True,
+    jit: bool = False,
+    max_plate_nesting: int | None = None,
+) -> pyro.infer.ELBO:
+    """A Pyro ELBO from its name: elbo, meanfield, iwae (Rényi α=0), tracegraph, enum."""
+    if isinstance(loss, pyro.infer.ELBO):
+        return loss
+    kw = dict(num_particles=num_particles, vectorize_particles=vectorize_particles)
+    if max_plate_nesting is not None:
+        kw["max_plate_nesting"] = max_plate_nesting
+    infer = pyro.infer
+    table = {
+        "elbo": (infer.Trace_ELBO, infer.JitTrace_ELBO),
+        "meanfield": (infer.TraceMeanField_ELBO, infer.JitTraceMeanField_ELBO),
+        "iwae": (infer.RenyiELBO, None),
+        "tracegraph": (infer.TraceGraph_ELBO, infer.JitTraceGraph_ELBO),
+        "enum": (infer.TraceEnum_ELBO, infer.JitTraceEnum_ELBO),
+    }
+    if loss not in table:
+        raise FitError(f"unknown loss {loss!r}: choose one of {', '.join(LOSSES)}")
+    plain, jitted = table[loss]
+    if jit and jitted is None:
+        raise FitError(f"loss {loss!r} has no JIT variant in Pyro: drop jit")
+    if loss == "iwae":
+        if num_particles < 2:
+            raise FitError("loss 'iwae' needs num_particles >= 2 (the K of IWAE-K)")
+        kw["alpha"] = 0.0
+    if loss == "tracegraph":
+        kw.pop("vectorize_particles")
+    return (jitted if jit else plain)(**kw)
+
+
+class _ScaleLatents(Messenger):
+    """Multiply the log density of every latent (unobserved) sample site by ``beta``."""
+
+    def __init__(self, beta: float):
+        super().__init__()
+        self.beta = beta
+
+    def _process_message(self, msg):
+        if msg["type"] == "sample" and not msg["is_observed"]:
+            msg["scale"] = msg["scale"] * self.beta
+
+
+@contextmanager
+def cached_modules() -> Iterator[None]:
+    """Skip re-registering an ``nn.Module`` whose parameters already are the param store's own.
+
+    ``pyro.module`` walks every parameter through Pyro's effect stack on every call; once a
+    module is registered and its tensors are the store's, the walk changes nothing, so the cached
+    version returns at once. The cache is checked against the store's size on every call.
+    """
+    original = pyro.primitives.module
+    store = pyro.get_param_store()
+    seen: dict[str, tuple[int, int]] = {}
+
+    def module(name, nn_module, update_module_params=False):
+        key = seen.get(name)
+        if key is not None and key == (id(nn_module), len(store)):
+            return nn_module
+        out = original(name, nn_module, update_module_params)
+        prefix = name + "$$$"
+        if all(
+            store.get_param(prefix + n).unconstrained() is p
+            for n, p in nn_module.named_parameters()
+            if p.requires_grad and prefix + n in store
+        ):
+            seen[name] = (id(nn_module), len(store))
+        return out
+
+    pyro.module = pyro.primitives.module = module
+    try:
+        yield
+    finally:
+        pyro.module = pyro.primitives.module = original
+
+
+def _module_of(fn) -> torch.nn.Module | None:
+    owner = getattr(fn, "__self__", None)
+    return owner if isinstance(owner, torch.nn.Module) else None
+
+
+def _takes_y(fn) -> bool:
+    try:
+        return "y" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _as_split(data, device) -> tuple[Split, Split | None]:
+    if isinstance(data, Dataset):
+        return data.train.to(device), data.valid.to(device)
+    if isinstance(data, Split):
+        return data.to(device), None
+    if torch.is_tensor(data):
+        return Split(data.to(device)), None
+    raise FitError(f"data of type {type(data).__name__}: pass a Dataset, a Split or a tensor")
+
+
+def _check_options(epochs, batch_size, lr, anneal_start, num_particles):
+    if not isinstance(epochs, int) or epochs <= 0:
+        raise FitError(f"epochs={epochs}: use a whole number > 0")
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise FitError(f"batch size {batch_size}: use a whole number > 0")
+    if not lr > 0:
+        raise FitError(f"learning rate {lr}: use a number > 0")
+    if not 0 < anneal_start <= 1:
+        raise FitError(f"anneal_start={anneal_start}: use a value in (0, 1]")
+    if num_particles < 1:
+        raise FitError(f"num_particles={num_particles}: use at least 1")
+
+
+def check_finite(split: Split, what: str = "training") -> None:
+    """A one-line FitError when ``split`` holds NaN or Inf."""
+    if not bool(torch.isfinite(split.x).all()):
+        raise FitError(f"{what} data contain NaN or Inf: clean or impute them before fitting")
+
+
+def _make_optimizer(name, params, lr, betas, clip_norm):
+    if callable(name):
+        return name(params)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=betas)
+    if name == "clippedadam":
+        from pyro.optim.clipped_adam import ClippedAdam
+
+        return ClippedAdam(params, lr=lr, betas=betas, clip_norm=clip_norm)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    raise FitError(f"unknown optimizer {name!r}: choose adam, clippedadam or sgd")
+
+
+def fit(
+    model: Callable,
+    guide: Callable,
+    data: Dataset | Split | torch.Tensor,
+    *,
+    epochs: int = 10,
+    batch_size: int = 128,
+    loss: str | pyro.infer.ELBO = "elbo",
+    num_particles: int = 1,
+    vectorize_particles: bool = True,
+    jit: bool = False,
+    max_plate_nesting: int | None = None,
+    optimizer: str | Callable = "adam",
+    lr: float = 1e-3,
+    lr_decay: float = 1.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    clip_norm: float = 10.0,
+    anneal_epochs: int = 0,
+    anneal_start: float = 0.01,
+    valid: Split | torch.Tensor | None = None,
+    valid_particles: int = 1,
+    early_stopping: int | None = None,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    progress: bool | None = None,
+    validate: bool | str = "first",
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
+    run_info: dict | None = None,
+    callback: Callable[[dict], None] | None = None,
+) -> FitResult:
+    """Fit ``model``/``guide`` to ``data`` by SVI and return a :class:`FitResult`.
+
+    Args:
+        data: a :class:`~pyro_vi.data.Dataset` (its train split is fitted, its valid split
+            monitored), a :class:`~pyro_vi.data.Split` or a tensor whose rows are datapoints.
+        loss: a name in :data:`LOSSES` or a Pyro ELBO instance; ``num_particles`` particles,
+            vectorized by default; ``jit`` picks Pyro's JIT variant.
+        optimizer: ``"adam"``, ``"clippedadam"`` (gradient clipping at ``clip_norm``), ``"sgd"``
+            or a factory ``params -> torch.optim.Optimizer``; the learning rate of epoch ``e`` is
+            ``lr * lr_decay**e``.
+        anneal_epochs: epochs of linear KL warm-up from ``anneal_start`` (> 0) to 1.
+        valid: split monitored each epoch (per-datapoint ELBO); ``early_stopping`` = patience
+            in epochs, after which the best parameters are restored.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``; data and the model's module move there once.
+        seed: one seed for Pyro, torch, numpy, Python and the batch order.
+        progress: tqdm bar (None: only on a terminal).
+        validate: Pyro's validation on every step (True), never (False) or the first step only.
+        checkpoint_dir: write ``checkpoint.pt`` there every ``checkpoint_every`` epochs
+            (atomically); with ``resume=True`` continue from it (``epochs`` is the total).
+        run_info: extra JSON-able data stored in checkpoints (e.g. the model's config).
+        callback: called with each epoch's record.
+    """
+    _check_options(epochs, batch_size, lr, anneal_start, num_particles)
+    device = resolve_device(device)
+    train, valid_default = _as_split(data, device)
+    valid = valid_default if valid is None else _as_split(valid, device)[0]
+    check_finite(train, "training")
+    if valid is not None:
+        check_finite(valid, "validation")
+    for owner in {_module_of(model), _module_of(guide)} - {None}:
+        owner.to(device)
+    pass_y = _takes_y(model) and train.y is not None
+    if max_plate_nesting is None:  # one trace, before seeding: it also creates the params
+        first = next(train.batches(min(batch_size, len(train)), shuffle=False))
+        nesting = plate_nesting(model, guide, first.x, **_batch_kwargs(first, pass_y))
+    else:
+        nesting = max_plate_nesting
+    elbo = make_loss(loss, num_particles, vectorize_particles, jit, nesting)
+    has_diff_loss = not isinstance(elbo, (pyro.infer.RenyiELBO, pyro.infer.TraceGraph_ELBO))
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
+
+    pyro.set_rng_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    n = len(train)
+    steps_per_epoch = math.ceil(n / batch_size)
+    anneal_steps = anneal_epochs * steps_per_epoch
+    store = pyro.get_param_store()
+    result = FitResult(device=str(device))
+    result.config = dict(
+        epochs=epochs, batch_size=batch_size, loss=loss if isinstance(loss, str) else repr(loss),
+        num_particles=num_particles,
+        optimizer=optimizer if isinstance(optimizer, str) else "factory",
+        lr=lr, lr_decay=lr_decay, anneal_epochs=anneal_epochs, anneal_start=anneal_start,
+        seed=seed, device=str(device),
+    )  # fmt: skip
+    names: list[list[str]] = []  # parameter names per optimizer param group
+    opt = None
+    start_epoch, step, best, bad_epochs = 0, 0, None, 0
+
+    def kwargs_of(batch):
+        return _batch_kwargs(batch, pass_y)
+
+    def params_of(group):
+        return [store.get_param(nm).unconstrained() for nm in group]
+
+    if resume:
+        if ckpt_path is None or not ckpt_path.is_file():
+            raise CheckpointError(f"nothing to resume: no {CHECKPOINT} in {checkpoint_dir}")
+        state = load_checkpoint(ckpt_path, map_location=device)
+        first = next(train.batches(min(batch_size, n), shuffle=False))
+        plate_nesting(model, guide, first.x, **kwargs_of(first))  # creates the params
+        missing = [nm for nm in state["params"] if nm not in store]
+        extra = [nm for nm in store.keys() if nm not in state["params"]]
+        if missing or extra:
+            raise CheckpointError(
+                f"{ckpt_path} does not match this model (missing {missing[:3]}, unexpected "
+                f"{extra[:3]}): resume with the same model and options"
+            )
+        with torch.no_grad():
+            for nm, value in state["params"].items():
+                target = store.get_param(nm).unconstrained()
+                if target.shape != value.shape:
+                    raise CheckpointError(
+                        f"{ckpt_path}: parameter {nm} has shape {tuple(value.shape)}, the model "
+                        f"{tuple(target.shape)}: resume with the same model options"
+                    )
+                target.copy_(value)
+        names = state["param_groups"]
+        opt = _make_optimizer(optimizer, params_of(names[0]), lr, betas, clip_norm)
+        for group in names[1:]:
+            opt.add_param_group({"params": params_of(group)})
+        opt.load_state_dict(state["optimizer"])
+        result.history = list(state["history"])
+        start_epoch, step = state["epoch"], state["step"]
+        best = state.get("best")
+        bad_epochs = state.get("bad_epochs", 0)
+        set_rng_state(state["rng"], gen)
+
+    def save_checkpoint(epoch):
+        params = {nm: store.get_param(nm).unconstrained().detach() for g in names for nm in g}
+        if not all(bool(torch.isfinite(v).all()) for v in params.values()):
+            raise FitError(
+                f"parameters became NaN/Inf in epoch {epoch}: lower the learning rate; the last "
+                f"good checkpoint ({ckpt_path}) is intact"
+            )
+        save_atomic(
+            dict(
+                params=params, param_groups=names, optimizer=opt.state_dict(), epoch=epoch,
+                step=step, history=result.history, best=best, bad_epochs=bad_epochs,
+                rng=rng_state(gen), config=result.config, run_info=run_info or {},
+            ),
+            ckpt_path,
+        )  # fmt: skip
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=epochs, initial=start_epoch, disable=None if progress is None else not progress,
+        unit="epoch", dynamic_ncols=True,
+    )  # fmt: skip
+    t_run = time.perf_counter()
+    try:
+        for epoch in range(start_epoch, epochs):
+            t0 = time.perf_counter()
+            lr_now = lr * lr_decay**epoch
+            if opt is not None:
+                for g in opt.param_groups:
+                    g["lr"] = lr_now
+            total, beta = 0.0, 1.0
+            with cached_modules():
+                for batch in train.batches(batch_size, generator=gen):
+                    beta = 1.0 if step >= anneal_steps else anneal_start + (
+                        1.0 - anneal_start
+                    ) * (step / anneal_steps)  # fmt: skip
+                    kw = kwargs_of(batch)
+                    check = validate is True or (validate == "first" and opt is None)
+                    with pyro.validation_enabled(bool(check)), _ScaleLatents(beta):
+                        if has_diff_loss:
+                            loss_t = elbo.differentiable_loss(model, guide, batch.x, **kw)
+                            loss_t.backward()
+                            value = loss_t.item()
+                        else:
+                            value = float(elbo.loss_and_grads(model, guide, batch.x, **kw))
+                    if not math.isfinite(value):
+                        where = f" ({ckpt_path} is intact)" if ckpt_path else ""
+                        raise FitError(
+                            f"loss became {value} at epoch {epoch + 1}, step {step + 1}: lower the "
+                            f"learning rate or check the model's scales{where}"
+                        )
+                    if len(store) != sum(map(len, names)):
+                        new = [nm for nm in store.keys() if all(nm not in g for g in names)]
+                        if opt is None:
+                            opt = _make_optimizer(
+                                optimizer, params_of(new), lr_now, betas, clip_norm
+                            )
+                        else:
+                            opt.add_param_group({"params": params_of(new)})
+                        names.append(new)
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    total += value
+                    step += 1
+            record = dict(
+                epoch=epoch + 1, train_elbo=-total / steps_per_epoch / n, lr=lr_now, beta=beta,
+                seconds=time.perf_counter() - t0, steps=step,
+            )  # fmt: skip
+            record["steps_per_second"] = steps_per_epoch / record["seconds"]
+            if valid is not None:
+                xv = valid.evaluation_x(seed)
+                kv = {"y": valid.y} if pass_y else {}
+                with torch.no_grad(), cached_modules(), pyro.validation_enabled(False):
+                    v = elbo_per_datapoint(
+                        model, guide, xv, num_particles=valid_particles, nesting=nesting, **kv
+                    )
+                record["valid_elbo"] = float(v.mean())
+                if best is None or record["valid_elbo"] > best["valid_elbo"]:
+                    best = dict(epoch=epoch + 1, valid_elbo=record["valid_elbo"])
+                    best["params"] = {nm: store.get_param(nm).unconstrained().detach().clone()
+                                      for g in names for nm in g}  # fmt: skip
+                    bad_epochs = 0
+                else:
+                    bad_epochs += 1
+            result.history.append(record)
+            if callback is not None:
+                callback(record)
+            post = {
+                "elbo": f"{record['train_elbo']:.2f}",
+                "it/s": f"{record['steps_per_second']:.0f}",
+            }
+            if "valid_elbo" in record:
+                post["valid"] = f"{record['valid_elbo']:.2f}"
+            bar.set_postfix(post)
+            bar.update(1)
+            stop = early_stopping is not None and bad_epochs >= early_stopping
+            if ckpt_path is not None and (
+                (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or stop
+            ):
+                save_checkpoint(epoch + 1)
+            if stop:
+                result.stopped_early = True
+                break
+    finally:
+        bar.close()
+    if best is not None:
+        result.best_epoch = best["epoch"]
+        if early_stopping is not None:
+            with torch.no_grad():
+                for nm, value in best["params"].items():
+                    store.get_param(nm).unconstrained().copy_(value)
+    result.steps = step
+    result.seconds = time.perf_counter() - t_run
+    return result
+
+
+def _batch_kwargs(batch, pass_y: bool) -> dict:
+    kw = dict(idx=batch.idx, size=batch.size)
+    if pass_y:
+        kw["y"] = batch.y
+    return kw

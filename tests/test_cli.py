@@ -1,0 +1,182 @@
+"""The pyro-vi command: the demo path on a tiny budget, evaluate, sample, resume, and every bad
+input (one line, exit 2, no traceback, no files left in the output directory)."""
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+from pyro_vi.cli import main
+
+TINY = ["--epochs", "2", "--z-dim", "4", "--hidden", "32", "--iwae-k", "20", "--batch-size", "256"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "demo"
+    assert main(["fit", "vae", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+def _bad(capsys, argv, match, out=None):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert match in err, err
+    if out is not None:
+        assert not out.exists() or not any(out.iterdir())
+    return err
+
+
+def test_demo_path_writes_the_run(run_dir, capsys):
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"config.json", "checkpoint.pt", "metrics.json", "elbo.png", "samples.png",
+            "reconstructions.png", "interpolation.png"} <= names  # fmt: skip
+    m = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("train_elbo", "valid_elbo", "test_elbo", "test_log_px"):
+        assert -64 < m[key] < 0, key
+    assert m["test_log_px"] >= m["test_elbo"] - 0.5
+    c = json.loads((run_dir / "config.json").read_text())
+    assert c["seed"] == 0 and c["versions"]["torch"] and c["model_config"]["x_dim"] == 64
+
+
+def test_evaluate_and_sample(run_dir, capsys):
+    assert main(["evaluate", str(run_dir), "--iwae-k", "50"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["iwae_k"] == 50 and out["test_log_px"] > out["test_elbo"] - 0.5
+    assert json.loads((run_dir / "evaluation.json").read_text()) == out
+    png = run_dir / "grid.png"
+    assert main(["sample", str(run_dir), "-n", "16", "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_continues_in_place(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["fit", "vae", *TINY, "--out", str(out), "--no-figures"]) == 0
+    capsys.readouterr()
+    assert main(["fit", "vae", "--resume", str(out), "--epochs", "3", "--iwae-k", "10"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["epochs"] == 3 and [h["epoch"] for h in m["history"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["nope"], "unknown model 'nope'"),
+        (["vae", "--dataset", "nope"], "unknown data set 'nope'"),
+        (["vae", "--epochs", "0"], "must be > 0"),
+        (["vae", "--batch-size", "0"], "must be > 0"),
+        (["vae", "--lr", "0"], "must be > 0"),
+        (["vae", "--lr", "-0.1"], "must be > 0"),
+        (["vae", "--binarize", "none", "--likelihood", "bernoulli"], "non-binary data"),
+    ],
+)
+def test_bad_fit_input(tmp_path, capsys, extra, match):
+    out = tmp_path / "o"
+    _bad(capsys, ["fit", *extra, "--out", str(out)], match, out)
+
+
+def test_nan_data_and_width(tmp_path, capsys):
+    import numpy as np
+
+    x = np.random.default_rng(0).normal(size=(100, 3))
+    x[5, 1] = np.nan
+    f = tmp_path / "nan.npy"
+    np.save(f, x)
+    out = tmp_path / "o"
+    _bad(capsys, ["fit", "vae", "--dataset", str(f), "--out", str(out)], "NaN or Inf", out)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")
+def test_cuda_without_cuda(tmp_path, capsys):
+    out = tmp_path / "o"
+    _bad(
+        capsys, ["fit", "vae", "--device", "cuda", "--out", str(out)], "CUDA is not available", out
+    )
+
+
+def test_mnist_without_data_or_network(tmp_path, capsys, monkeypatch):
+    import torchvision
+
+    monkeypatch.setenv("PYRO_VI_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", lambda *a, **k: 1 / 0)
+    out = tmp_path / "o"
+    _bad(
+        capsys,
+        ["fit", "vae", "--dataset", "mnist", "--out", str(out)],
+        "could not be downloaded",
+        out,
+    )
+
+
+def test_existing_output_needs_overwrite(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    _bad(capsys, ["fit", "vae", "--out", str(out)], "--overwrite")
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["sample"], ["fit", "vae", "--resume"]])
+def test_missing_run_dir(tmp_path, capsys, command):
+    _bad(capsys, [*command, str(tmp_path / "nowhere")], "does not exist")
+
+
+def _copy_run(run_dir, tmp_path):
+    import shutil
+
+    dst = tmp_path / "copy"
+    shutil.copytree(run_dir, dst)
+    return dst
+
+
+def test_corrupt_checkpoint(run_dir, tmp_path, capsys):
+    d = _copy_run(run_dir, tmp_path)
+    data = (d / "checkpoint.pt").read_bytes()
+    (d / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    for cmd in (["evaluate", str(d)], ["sample", str(d)], ["fit", "vae", "--resume", str(d)]):
+        _bad(capsys, cmd, "corrupt")
+
+
+def test_corrupt_config(run_dir, tmp_path, capsys):
+    d = _copy_run(run_dir, tmp_path)
+    (d / "config.json").write_text("{not json")
+    _bad(capsys, ["evaluate", str(d)], "corrupt")
+
+
+def test_mismatched_run(run_dir, tmp_path, capsys):
+    d = _copy_run(run_dir, tmp_path)
+    c = json.loads((d / "config.json").read_text())
+    c["model_config"]["z_dim"] = 7
+    (d / "config.json").write_text(json.dumps(c))
+    _bad(capsys, ["evaluate", str(d)], "wrong shape")
+    c["dataset"], c["binarize"] = "gaussian2d", None
+    c["model_options"]["likelihood"] = "normal"
+    (d / "config.json").write_text(json.dumps(c))
+    _bad(capsys, ["fit", "vae", "--resume", str(d), "--epochs", "3"], "does not match")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {_Payload.marker}",))
+
+
+def test_checkpoint_with_pickled_code_is_refused(run_dir, tmp_path, capsys):
+    d = _copy_run(run_dir, tmp_path)
+    _Payload.marker = str(tmp_path / "pwned")
+    with open(d / "checkpoint.pt", "wb") as f:
+        pickle.dump({"format": "pyro-vi-checkpoint/1", "x": _Payload()}, f)
+    for cmd in (["evaluate", str(d)], ["fit", "vae", "--resume", str(d)]):
+        _bad(capsys, cmd, "pickled code")
+    assert not os.path.exists(_Payload.marker)
+
+
+def test_help_for_each_command(capsys):
+    for cmd in (["--help"], ["fit", "--help"], ["evaluate", "--help"], ["sample", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(cmd)
+        assert e.value.code == 0
+    assert "--resume" in capsys.readouterr().out

@@ -1,0 +1,166 @@
+"""pyro_vi.fit: learning on real data, subsampling, resume bit-identity, NaN stops, bad options."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro_vi.models import VAE
+
+from pyro_vi import fit
+from pyro_vi.checkpoint import load_checkpoint
+from pyro_vi.data import data_plate, load
+from pyro_vi.training import FitError
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load("digits", binarize="dynamic")
+
+
+def _vae(ds, seed=0):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    return VAE.from_data(ds, z_dim=4, hidden=(32,))
+
+
+def _params():
+    store = pyro.get_param_store()
+    return {k: store.get_param(k).unconstrained().detach().clone() for k in store.keys()}
+
+
+def test_vae_learns_on_digits(digits):
+    vae = _vae(digits)
+    r = fit(vae.model, vae.guide, digits, epochs=6, batch_size=64, lr=3e-3, device="cpu")
+    assert [h["epoch"] for h in r.history] == list(range(1, 7))
+    assert r.history[-1]["train_elbo"] > r.history[0]["train_elbo"] + 3
+    assert r.history[-1]["valid_elbo"] > -40  # 64 binary pixels: a coin flip each is -44.4
+    assert r.best_epoch is not None and r.steps == 6 * 22
+
+
+def test_resume_is_bit_identical(digits, tmp_path):
+    opts = dict(epochs=4, batch_size=256, lr=2e-3, device="cpu", seed=7, anneal_epochs=2)
+    vae = _vae(digits, 1)
+    fit(vae.model, vae.guide, digits, **opts)
+    straight = _params()
+
+    vae = _vae(digits, 1)
+    fit(vae.model, vae.guide, digits, **{**opts, "epochs": 2}, checkpoint_dir=tmp_path)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 2
+    vae = _vae(digits, 99)  # a different init: everything must come from the checkpoint
+    r = fit(vae.model, vae.guide, digits, **opts, checkpoint_dir=tmp_path, resume=True)
+    resumed = _params()
+    assert [h["epoch"] for h in r.history] == [1, 2, 3, 4]
+    assert straight.keys() == resumed.keys()
+    for k in straight:
+        assert torch.equal(straight[k], resumed[k]), k
+
+
+def test_subsampled_batches_are_unbiased_for_the_full_data_loss():
+    # deterministic guide (Delta) so the loss has no Monte-Carlo noise
+    n = 12
+    x = torch.randn(n, dtype=torch.float64)
+    table = torch.randn(n, dtype=torch.float64)
+
+    def model(x, idx=None, size=None):
+        with data_plate(x, idx, size):
+            z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x, idx=None, size=None):
+        with data_plate(x, idx, size) as i:
+            pyro.sample("z", dist.Delta(table[i] if idx is not None else table))
+
+    elbo = pyro.infer.Trace_ELBO()
+    full = elbo.loss(model, guide, x)
+    idx = torch.randperm(n)
+    parts = [elbo.loss(model, guide, x[i], idx=i, size=n) for i in idx.split(4)]
+    assert sum(parts) / len(parts) == pytest.approx(full, rel=1e-12)
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(digits, tmp_path):
+    vae = _vae(digits)
+    calls = {"n": 0}
+
+    def model(x, idx=None, size=None):
+        calls["n"] += 1
+        if calls["n"] > 9:  # 6 steps per epoch at batch 256: poison step 3 of epoch 2
+            x = x * float("nan")
+        vae.model(x, idx, size)
+
+    snap = {}
+    r_opts = dict(epochs=3, batch_size=256, device="cpu", validate=False)
+    cb = lambda rec: snap.update(_params())  # noqa: E731
+    with pytest.raises(FitError, match=r"epoch 2, step 9.*intact"):
+        fit(model, vae.guide, digits.train, checkpoint_dir=tmp_path, callback=cb, **r_opts)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["epoch"] == 1
+    for k, v in state["params"].items():
+        assert torch.equal(v, snap[k])
+
+
+@pytest.mark.parametrize(
+    "opts, match",
+    [
+        (dict(epochs=0), "epochs=0"),
+        (dict(batch_size=0), "batch size 0"),
+        (dict(lr=0.0), "learning rate 0"),
+        (dict(lr=-1.0), "learning rate -1"),
+        (dict(anneal_start=0.0), "anneal_start"),
+        (dict(loss="nope"), "unknown loss"),
+        (dict(loss="iwae", num_particles=1), "num_particles >= 2"),
+        (dict(optimizer="nope"), "unknown optimizer"),
+    ],
+)
+def test_bad_options(digits, opts, match):
+    vae = _vae(digits)
+    with pytest.raises(FitError, match=match):
+        fit(vae.model, vae.guide, digits, **{"epochs": 1, "device": "cpu", **opts})
+
+
+def test_nan_data_refused(digits):
+    vae = _vae(digits)
+    x = digits.train.x.clone()
+    x[3, 5] = float("inf")
+    with pytest.raises(FitError, match="NaN or Inf"):
+        fit(vae.model, vae.guide, x, epochs=1, device="cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")
+def test_cuda_without_cuda(digits):
+    vae = _vae(digits)
+    with pytest.raises(FitError, match="CUDA is not available"):
+        fit(vae.model, vae.guide, digits, epochs=1, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fit_on_cuda(digits):
+    vae = _vae(digits)
+    r = fit(vae.model, vae.guide, digits, epochs=2, device="cuda")
+    assert next(vae.parameters()).device.type == "cuda"
+    assert r.history[-1]["valid_elbo"] > -60
+
+
+@pytest.mark.parametrize("loss, k", [("meanfield", 1), ("iwae", 4), ("elbo", 3), ("tracegraph", 1)])
+def test_objectives_train(digits, loss, k):
+    vae = _vae(digits)
+    r = fit(vae.model, vae.guide, digits, epochs=2, batch_size=128, loss=loss, num_particles=k,
+            lr=3e-3, device="cpu")  # fmt: skip
+    assert r.history[-1]["valid_elbo"] > -46
+
+
+def test_annealing_and_early_stopping(digits):
+    vae = _vae(digits)
+    r = fit(vae.model, vae.guide, digits, epochs=3, batch_size=256, anneal_epochs=2,
+            anneal_start=0.1, early_stopping=100, device="cpu")  # fmt: skip
+    betas = [h["beta"] for h in r.history]
+    assert 0.1 < betas[0] < betas[1] < 1.0 and betas[2] == 1.0
+    best = max(h["valid_elbo"] for h in r.history)
+    assert r.history[r.best_epoch - 1]["valid_elbo"] == best
+
+
+def test_vae_check_rejects_width_and_non_binary():
+    vae = VAE(x_dim=10)
+    with pytest.raises(ValueError, match="do not fit this VAE"):
+        vae.check(torch.zeros(3, 64))
+    with pytest.raises(ValueError, match="non-binary"):
+        vae.check(torch.full((3, 10), 0.5))
