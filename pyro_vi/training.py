@@ -31,7 +31,7 @@ import inspect
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,7 +97,10 @@ def make_loss(
     """A Pyro ELBO from its name: elbo, meanfield, iwae (Rényi α=0), tracegraph, enum."""
     if isinstance(loss, pyro.infer.ELBO):
         return loss
-    kw = dict(num_particles=num_particles, vectorize_particles=vectorize_particles)
+    # one particle needs no particle plate: vectorizing it only adds a plate to every site
+    kw = dict(
+        num_particles=num_particles, vectorize_particles=vectorize_particles and num_particles > 1
+    )
     if max_plate_nesting is not None:
         kw["max_plate_nesting"] = max_plate_nesting
     infer = pyro.infer
@@ -383,7 +386,7 @@ def fit(
                 for g in opt.param_groups:
                     g["lr"] = lr_now
             total, beta = 0.0, 1.0
-            with cached_modules():
+            with cached_modules() if not jit else nullcontext():
                 for batch in train.batches(batch_size, generator=gen):
                     beta = 1.0 if step >= anneal_steps else anneal_start + (
                         1.0 - anneal_start

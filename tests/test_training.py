@@ -164,3 +164,14 @@ def test_vae_check_rejects_width_and_non_binary():
         vae.check(torch.zeros(3, 64))
     with pytest.raises(ValueError, match="non-binary"):
         vae.check(torch.full((3, 10), 0.5))
+
+
+def test_jit_variant_trains(digits):
+    import warnings
+
+    vae = _vae(digits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = fit(vae.model, vae.guide, digits, epochs=2, batch_size=256, jit=True, lr=3e-3,
+                device="cpu")  # fmt: skip
+    assert r.history[-1]["train_elbo"] > r.history[0]["train_elbo"]
