@@ -58,6 +58,9 @@ def parser() -> argparse.ArgumentParser:
                    help="auto: dynamic for image sets, none otherwise")  # fmt: skip
     f.add_argument("--likelihood", default=None, choices=["bernoulli", "normal"],
                    help="default: bernoulli for binarized images, normal otherwise")  # fmt: skip
+    f.add_argument("--task", default=None, choices=["quadrant", "label"], help="cvae task")
+    f.add_argument("--quadrants", type=int, default=None, choices=[1, 2, 3],
+                   help="cvae: visible quadrants")  # fmt: skip
     f.add_argument("--epochs", type=_positive_int, default=50, help="total epochs")
     f.add_argument("--batch-size", type=_positive_int, default=128)
     f.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate")
@@ -98,8 +101,9 @@ def _fit(a) -> dict:
     from .runs import train_run
 
     model_options = dict(z_dim=a.z_dim, hidden=a.hidden, activation=a.activation)
-    if a.likelihood:
-        model_options["likelihood"] = a.likelihood
+    for key in ("likelihood", "task", "quadrants"):  # model options given on the command line
+        if getattr(a, key) is not None:
+            model_options[key] = getattr(a, key)
     fit_options = dict(
         epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, lr_decay=a.lr_decay,
         optimizer=a.optimizer, loss=a.loss, num_particles=a.num_particles,
@@ -130,7 +134,10 @@ def _sample(a) -> dict:
     model_obj, data, _ = load_run(a.run_dir, a.device)
     torch.manual_seed(a.seed)
     out = Path(a.out or Path(a.run_dir) / f"samples-{a.n}.png")
-    if len(data.shape) == 2:
+    if hasattr(model_obj, "sample_grid"):  # e.g. several completions per input
+        images, nrow = model_obj.sample_grid(a.n, data)
+        image_grid(images, data.shape, out, nrow=nrow)
+    elif len(data.shape) == 2:
         image_grid(model_obj.sample(a.n), data.shape, out)
     else:
         from .plots import latent_scatter

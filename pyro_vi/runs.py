@@ -28,7 +28,7 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .data import IMAGE_SETS, Dataset, load
 from .evaluate import elbo, log_marginal, max_plate_nesting
 from .plots import elbo_curve, image_grid, latent_scatter
-from .training import CHECKPOINT, FitError, check_finite, fit, resolve_device
+from .training import CHECKPOINT, FitError, _takes_y, check_finite, fit, resolve_device
 
 __all__ = ["RunError", "train_run", "load_run", "evaluate_run", "write_json", "versions"]
 
@@ -76,17 +76,28 @@ def build_model(name: str, data: Dataset, options: dict):
     return registry[name].from_data(data, **options)
 
 
+def model_inputs(model_obj, split, seed: int = 0, rows: int | None = None):
+    """``(args, kwargs)`` to call a model/guide pair on a split: x, plus ``y=`` labels when the
+    model's signature takes them (a fixed binarization of dynamic splits)."""
+    x = split.evaluation_x(seed)
+    kw = {}
+    if split.y is not None and _takes_y(model_obj.model):
+        kw["y"] = split.y
+    if rows is not None:
+        x, kw = x[:rows], {k: v[:rows] for k, v in kw.items()}
+    return (x,), kw
+
+
 def _evaluate(model_obj, data: Dataset, iwae_k: int, particles: int = 10, seed: int = 0) -> dict:
     out = {}
+    m, g = model_obj.model, model_obj.guide
     with torch.no_grad():
         for split in ("train", "valid", "test"):
-            x = getattr(data, split).evaluation_x(seed)
-            out[f"{split}_elbo"] = float(
-                elbo(model_obj.model, model_obj.guide, x, num_particles=particles).mean()
-            )
+            args, kw = model_inputs(model_obj, getattr(data, split), seed)
+            out[f"{split}_elbo"] = float(elbo(m, g, *args, num_particles=particles, **kw).mean())
         if iwae_k:
-            x = data.test.evaluation_x(seed)
-            lm = log_marginal(model_obj.model, model_obj.guide, x, num_samples=iwae_k)
+            args, kw = model_inputs(model_obj, data.test, seed)
+            lm = log_marginal(m, g, *args, num_samples=iwae_k, **kw)
             out["test_log_px"] = float(lm.mean())
             out["test_nll"] = -out["test_log_px"]
             out["iwae_k"] = iwae_k
@@ -165,9 +176,15 @@ def train_run(
 
 
 def draw_figures(model_obj, data: Dataset, history: list[dict], out: Path, seed: int = 0) -> None:
-    """ELBO curve, samples, reconstructions, interpolation, and the latent space by label."""
+    """ELBO curve, then the model's own ``figures(data, out, seed)`` if it has one, else (for
+    image models with sample/reconstruct/interpolate/encode) samples, reconstructions,
+    interpolation and the latent space by label."""
     elbo_curve(history, out / "elbo.png")
-    if len(data.shape) != 2 or not hasattr(model_obj, "sample"):
+    if hasattr(model_obj, "figures"):  # a model's own figures
+        model_obj.figures(data, out, seed)
+        return
+    needed = ("sample", "reconstruct", "interpolate", "encode")
+    if len(data.shape) != 2 or not all(hasattr(model_obj, k) for k in needed):
         return
     torch.manual_seed(seed)
     x = data.test.evaluation_x(seed)[:32]
@@ -212,8 +229,8 @@ def load_run(run_dir: str | os.PathLike, device: str = "auto"):
     data = load(config["dataset"], binarize=config["binarize"], seed=config["seed"], device=dev)
     pyro.clear_param_store()
     model_obj = registry[config["model"]](**config["model_config"]).to(dev)
-    x = data.test.evaluation_x(config["seed"])[:2]
-    max_plate_nesting(model_obj.model, model_obj.guide, x)  # registers the params
+    args, kw = model_inputs(model_obj, data.test, config["seed"], rows=2)
+    max_plate_nesting(model_obj.model, model_obj.guide, *args, **kw)  # registers the params
     store = pyro.get_param_store()
     if set(store.keys()) != set(state["params"]):
         raise CheckpointError(f"{run_dir / CHECKPOINT} does not match the model in config.json")
@@ -235,4 +252,4 @@ def evaluate_run(run_dir: str | os.PathLike, iwae_k: int = 1000, device: str = "
     return metrics
 
 
-__all__ += ["FitError", "build_model", "draw_figures", "read_config"]
+__all__ += ["FitError", "build_model", "draw_figures", "read_config", "model_inputs"]
