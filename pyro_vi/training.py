@@ -225,6 +225,71 @@ def _make_optimizer(name, params, lr, betas, clip_norm):
     raise FitError(f"unknown optimizer {name!r}: choose adam, clippedadam or sgd")
 
 
+class _Optimizers:
+    """One optimizer for every dense parameter of the param store, and torch's SparseAdam (lazy
+    Adam) for parameters whose gradients are sparse (per-datapoint tables read with
+    ``F.embedding(idx, table, sparse=True)``): rows absent from a batch keep their values and
+    their moments. Parameters are grouped by name in the order they appeared."""
+
+    def __init__(self, name, lr, betas, clip_norm):
+        self.spec = (name, lr, betas, clip_norm)
+        self.groups: dict[str, list[list[str]]] = {"dense": [], "sparse": []}
+        self.opts: dict[str, torch.optim.Optimizer] = {}
+
+    def __len__(self) -> int:
+        return sum(len(g) for groups in self.groups.values() for g in groups)
+
+    def names(self) -> list[str]:
+        return [nm for groups in self.groups.values() for g in groups for nm in g]
+
+    def add(self, kind: str, names: list[str]) -> None:
+        if not names:
+            return
+        store = pyro.get_param_store()
+        params = [store.get_param(nm).unconstrained() for nm in names]
+        name, lr, betas, clip_norm = self.spec
+        if kind in self.opts:
+            self.opts[kind].add_param_group({"params": params})
+        elif kind == "sparse":
+            self.opts[kind] = torch.optim.SparseAdam(params, lr=lr, betas=betas)
+        else:
+            self.opts[kind] = _make_optimizer(name, params, lr, betas, clip_norm)
+        self.groups[kind].append(list(names))
+
+    def discover(self) -> None:
+        """Take in the store's parameters not seen yet, after a backward pass."""
+        store = pyro.get_param_store()
+        known = set(self.names())
+        new = [nm for nm in store.keys() if nm not in known]
+        sparse = [nm for nm in new if _grad_is_sparse(store.get_param(nm).unconstrained())]
+        self.add("sparse", sparse)
+        self.add("dense", [nm for nm in new if nm not in sparse])
+
+    def set_lr(self, lr: float) -> None:
+        for opt in self.opts.values():
+            for g in opt.param_groups:
+                g["lr"] = lr
+
+    def step(self) -> None:
+        for opt in self.opts.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        return {"groups": self.groups, **{k: o.state_dict() for k, o in self.opts.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        for kind in ("dense", "sparse"):
+            for names in state["groups"][kind]:
+                self.add(kind, names)
+            if kind in self.opts:
+                self.opts[kind].load_state_dict(state[kind])
+
+
+def _grad_is_sparse(p: torch.Tensor) -> bool:
+    return p.grad is not None and p.grad.is_sparse
+
+
 def fit(
     model: Callable,
     guide: Callable,
@@ -312,15 +377,11 @@ def fit(
         lr=lr, lr_decay=lr_decay, anneal_epochs=anneal_epochs, anneal_start=anneal_start,
         seed=seed, device=str(device),
     )  # fmt: skip
-    names: list[list[str]] = []  # parameter names per optimizer param group
-    opt = None
+    opts = _Optimizers(optimizer, lr, betas, clip_norm)
     start_epoch, step, best, bad_epochs = 0, 0, None, 0
 
     def kwargs_of(batch):
         return _batch_kwargs(batch, pass_y)
-
-    def params_of(group):
-        return [store.get_param(nm).unconstrained() for nm in group]
 
     if resume:
         if ckpt_path is None or not ckpt_path.is_file():
@@ -344,11 +405,7 @@ def fit(
                         f"{tuple(target.shape)}: resume with the same model options"
                     )
                 target.copy_(value)
-        names = state["param_groups"]
-        opt = _make_optimizer(optimizer, params_of(names[0]), lr, betas, clip_norm)
-        for group in names[1:]:
-            opt.add_param_group({"params": params_of(group)})
-        opt.load_state_dict(state["optimizer"])
+        opts.load_state_dict(state["optimizer"])
         result.history = list(state["history"])
         start_epoch, step = state["epoch"], state["step"]
         best = state.get("best")
@@ -356,7 +413,7 @@ def fit(
         set_rng_state(state["rng"], gen)
 
     def save_checkpoint(epoch):
-        params = {nm: store.get_param(nm).unconstrained().detach() for g in names for nm in g}
+        params = {nm: store.get_param(nm).unconstrained().detach() for nm in opts.names()}
         if not all(bool(torch.isfinite(v).all()) for v in params.values()):
             raise FitError(
                 f"parameters became NaN/Inf in epoch {epoch}: lower the learning rate; the last "
@@ -364,7 +421,7 @@ def fit(
             )
         save_atomic(
             dict(
-                params=params, param_groups=names, optimizer=opt.state_dict(), epoch=epoch,
+                params=params, optimizer=opts.state_dict(), epoch=epoch,
                 step=step, history=result.history, best=best, bad_epochs=bad_epochs,
                 rng=rng_state(gen), config=result.config, run_info=run_info or {},
             ),
@@ -382,9 +439,7 @@ def fit(
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
             lr_now = lr * lr_decay**epoch
-            if opt is not None:
-                for g in opt.param_groups:
-                    g["lr"] = lr_now
+            opts.set_lr(lr_now)
             total, beta = 0.0, 1.0
             with cached_modules() if not jit else nullcontext():
                 for batch in train.batches(batch_size, generator=gen):
@@ -392,7 +447,7 @@ def fit(
                         1.0 - anneal_start
                     ) * (step / anneal_steps)  # fmt: skip
                     kw = kwargs_of(batch)
-                    check = validate is True or (validate == "first" and opt is None)
+                    check = validate is True or (validate == "first" and not opts.opts)
                     with pyro.validation_enabled(bool(check)), _ScaleLatents(beta):
                         if has_diff_loss:
                             loss_t = elbo.differentiable_loss(model, guide, batch.x, **kw)
@@ -406,17 +461,9 @@ def fit(
                             f"loss became {value} at epoch {epoch + 1}, step {step + 1}: lower the "
                             f"learning rate or check the model's scales{where}"
                         )
-                    if len(store) != sum(map(len, names)):
-                        new = [nm for nm in store.keys() if all(nm not in g for g in names)]
-                        if opt is None:
-                            opt = _make_optimizer(
-                                optimizer, params_of(new), lr_now, betas, clip_norm
-                            )
-                        else:
-                            opt.add_param_group({"params": params_of(new)})
-                        names.append(new)
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
+                    if len(store) != len(opts):
+                        opts.discover()
+                    opts.step()
                     total += value
                     step += 1
             record = dict(
@@ -435,7 +482,7 @@ def fit(
                 if best is None or record["valid_elbo"] > best["valid_elbo"]:
                     best = dict(epoch=epoch + 1, valid_elbo=record["valid_elbo"])
                     best["params"] = {nm: store.get_param(nm).unconstrained().detach().clone()
-                                      for g in names for nm in g}  # fmt: skip
+                                      for nm in opts.names()}  # fmt: skip
                     bad_epochs = 0
                 else:
                     bad_epochs += 1

@@ -175,3 +175,37 @@ def test_jit_variant_trains(digits):
         r = fit(vae.model, vae.guide, digits, epochs=2, batch_size=256, jit=True, lr=3e-3,
                 device="cpu")  # fmt: skip
     assert r.history[-1]["train_elbo"] > r.history[0]["train_elbo"]
+
+
+def test_sparse_table_rows_outside_the_batch_do_not_move():
+    """Per-datapoint tables read with F.embedding(sparse=True) get SparseAdam: within one fit,
+    a step moves only the rows of its batch, although Adam's moments of the others are not 0."""
+    import torch.nn.functional as F
+
+    n = 32
+    x = torch.randn(n, 2)
+    calls = []  # (idx of this step, table before this step's update)
+
+    def model(x, idx=None, size=None):
+        if idx is not None and "loc" in pyro.get_param_store():
+            calls.append((idx.clone(), pyro.param("loc").detach().clone()))
+        with data_plate(x, idx, size):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(len(x), 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 0.5).to_event(1), obs=x)
+
+    def guide(x, idx=None, size=None):
+        loc = pyro.param("loc", torch.zeros(n, 2))
+        i = idx if idx is not None else torch.arange(len(x))
+        with data_plate(x, idx, size):
+            pyro.sample("z", dist.Normal(F.embedding(i, loc, sparse=True), 0.3).to_event(1))
+
+    fit(model, guide, x, epochs=4, batch_size=8, lr=0.1, device="cpu", validate=False)
+    calls = calls[1:]  # the first call is fit's set-up trace
+    assert len(calls) == 16
+    moved_somewhere = False
+    for (idx, before), (_, after) in zip(calls[:-1], calls[1:], strict=True):
+        out = torch.ones(n, dtype=torch.bool)
+        out[idx] = False
+        assert torch.equal(after[out], before[out])
+        moved_somewhere |= not torch.equal(after[idx], before[idx])
+    assert moved_somewhere
