@@ -61,7 +61,8 @@ def log_weights(
     inside the ``"data"`` plate; ``global_`` has shape (particles,) and holds the rest.
     """
     dim = -(nesting + 1)
-    with pyro.plate(_PARTICLES, num_particles, dim=dim):
+    device = next((a.device for a in args if torch.is_tensor(a)), None)
+    with pyro.plate(_PARTICLES, num_particles, dim=dim, device=device):
         gt = poutine.trace(guide).get_trace(*args, **kwargs)
         mt = poutine.trace(poutine.replay(model, trace=gt)).get_trace(*args, **kwargs)
     local, global_ = 0.0, 0.0
