@@ -1,0 +1,94 @@
+"""Execute every notebook in ``notebooks/`` in fast mode (``PYRO_VI_FAST=1``).
+
+Each ``notebooks/*.ipynb`` becomes one test, named after the notebook, so new notebooks are picked
+up without touching this file. The kernel is this interpreter (``sys.executable``): a kernel spec
+written to a temporary folder pins it, so a user-level ``python3`` kernel that points at another
+Python cannot shadow the project's virtualenv. Cells run with the notebooks folder as the working
+directory; a failing cell fails the test with that cell's source and traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
+from jupyter_client.manager import KernelManager  # noqa: E402
+from nbclient.exceptions import CellExecutionError, CellTimeoutError  # noqa: E402
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+TIMEOUT = int(os.environ.get("PYRO_VI_NOTEBOOK_TIMEOUT", "600"))  # seconds per cell
+KERNEL = "pyro-vi-test"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@pytest.fixture(scope="module")
+def kernel_dir(tmp_path_factory) -> Path:
+    """A kernel spec that runs ipykernel in this very interpreter."""
+    root = tmp_path_factory.mktemp("kernels")
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "pyro-vi tests",
+        "language": "python",
+    }
+    (root / KERNEL).mkdir()
+    (root / KERNEL / "kernel.json").write_text(json.dumps(spec))
+    return root
+
+
+def _client(nb, cwd: Path, kernel_dir: Path):
+    km = KernelManager(
+        kernel_name=KERNEL, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dir)])
+    )
+    return nbclient.NotebookClient(
+        nb,
+        km=km,
+        kernel_name=KERNEL,
+        timeout=TIMEOUT,
+        resources={"metadata": {"path": str(cwd)}},
+    )
+
+
+def test_kernel_is_this_interpreter(kernel_dir: Path, tmp_path: Path):
+    """The notebooks run in this environment (its packages, the editable pyro_vi)."""
+    nb = nbformat.v4.new_notebook()
+    code = "import os, sys; print(sys.prefix); print(os.getcwd())"
+    nb.cells = [nbformat.v4.new_code_cell(code)]
+    _client(nb, tmp_path, kernel_dir).execute()
+    prefix, cwd = nb.cells[0].outputs[0]["text"].split()
+    assert Path(prefix).resolve() == Path(sys.prefix).resolve()
+    assert Path(cwd).resolve() == tmp_path.resolve()
+
+
+@pytest.mark.skipif(not NOTEBOOKS, reason="no notebooks in notebooks/")
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs(path: Path, kernel_dir: Path, monkeypatch):
+    monkeypatch.setenv("PYRO_VI_FAST", "1")  # the kernel inherits this process's environment
+    nb = nbformat.read(path, as_version=4)
+    failure = None
+    try:
+        _client(nb, path.parent, kernel_dir).execute()
+    except CellTimeoutError as e:
+        failure = f"{path.name}: a cell ran longer than {TIMEOUT} s\n{e}"
+    except CellExecutionError as e:
+        failure = f"{path.name}: a cell failed\n{e}"
+    if failure is not None:  # outside the except: no chained tracebacks, no terminal colours
+        pytest.fail(ANSI.sub("", failure), pytrace=False)
+    errors = [
+        out
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "error"
+    ]
+    assert not errors, f"{path.name}: error outputs {[e.get('ename') for e in errors]}"
