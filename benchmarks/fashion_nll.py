@@ -18,10 +18,10 @@ import time
 
 import pyro
 import torch
-from pyro_vi.models import VAE
 
 from pyro_vi import elbo, fit, log_marginal
 from pyro_vi.data import load
+from pyro_vi.models import VAE
 
 
 def main(argv=None) -> dict:

@@ -27,10 +27,10 @@ import time
 import pyro
 import torch
 import torch.nn.functional as F
-from pyro_vi.models import VAE
 
 from pyro_vi import fit
 from pyro_vi.data import DEBIAN_FASHION, Split, load
+from pyro_vi.models import VAE
 
 LOG2PI = math.log(2 * math.pi)
 

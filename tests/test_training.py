@@ -4,11 +4,11 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro_vi.models import VAE
 
 from pyro_vi import fit
 from pyro_vi.checkpoint import load_checkpoint
 from pyro_vi.data import data_plate, load
+from pyro_vi.models import VAE
 from pyro_vi.training import FitError
 
 
