@@ -6,8 +6,9 @@
 data it cannot take) and the methods ``model`` and ``guide``.
 """
 
+from .gmm import GMM
 from .vae import VAE
 
-REGISTRY = {"vae": VAE}
+REGISTRY = {"vae": VAE}  # CLI names; GMM is fitted through its own estimator interface
 
-__all__ = ["REGISTRY", "VAE"]
+__all__ = ["REGISTRY", "VAE", "GMM"]
