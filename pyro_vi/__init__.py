@@ -4,9 +4,14 @@ The path data take: :mod:`pyro_vi.data` → a model/guide pair (:mod:`pyro_vi.mo
 :func:`fit` → :func:`elbo` / :func:`log_marginal` → diagnostics and plots.
 """
 
+from .diagnostics import loo, psis_khat, to_inference_data
 from .evaluate import elbo, log_marginal
+from .sbc import sbc
 from .training import FitResult, fit
 
 __version__ = "0.1.0"
 
-__all__ = ["fit", "FitResult", "elbo", "log_marginal", "__version__"]
+__all__ = [
+    "fit", "FitResult", "elbo", "log_marginal", "psis_khat", "to_inference_data", "loo", "sbc",
+    "__version__",
+]  # fmt: skip

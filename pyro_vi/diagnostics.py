@@ -1,0 +1,748 @@
+r"""Posterior diagnostics for a model/guide pair: InferenceData, PSIS k-hat and PSIS-LOO.
+
+Draws :math:`\theta^{(s)} \sim q(\theta \mid y)`, :math:`s = 1..S`, from the guide give the log
+importance weights
+
+.. math:: \log w^{(s)} = \log p(y, \theta^{(s)}) - \log q(\theta^{(s)} \mid y),
+
+split into a global part (sites outside the plate ``"data"``) and one term per datapoint (sites
+inside it): :math:`\log w^{(s)} = g^{(s)} + \sum_i \ell_i^{(s)}`.
+
+**PSIS** (Yao et al. 2018, Vehtari et al. 2024): a generalized Pareto fit to the largest weights
+gives the shape :math:`\hat k`; :math:`\hat k < 0.5` means the importance-sampling estimates
+converge fast (q is close to p), :math:`\hat k > 0.7` that q misses mass of p. With random global
+latents :func:`psis_khat` reports one :math:`\hat k` of the joint weights; when the guide's globals
+are fixed (none, or point masses) the posterior factorizes over datapoints and it reports one
+:math:`\hat k_i` per datapoint from :math:`\ell_i^{(s)}`: the datapoints an amortized encoder fits
+badly. Weights constant to working precision (an exact guide) have no tail: :math:`\hat k = -\infty`
+(``az.psislw`` and Pyro's ``psis_diagnostic`` return :math:`+\infty` there).
+:meth:`PSISResult.expectation` gives PSIS-corrected posterior expectations
+:math:`\sum_s \tilde w^{(s)} f(\theta^{(s)})` with the smoothed, self-normalized weights.
+
+**LOO for draws from q** (Magnusson et al. 2019): the leave-one-out importance ratios are
+
+.. math:: r_i^{(s)} = \frac{p(\theta^{(s)} \mid y_{-i})}{q(\theta^{(s)})} \propto
+          \frac{p(\theta^{(s)} \mid y)}{q(\theta^{(s)})\, p(y_i \mid \theta^{(s)})},
+          \qquad \log r_i^{(s)} = \log w^{(s)} - \log p(y_i \mid \theta^{(s)}),
+
+Pareto-smoothed per datapoint into :math:`\tilde r_i^{(s)}` (normalized), and
+:math:`\widehat{\mathrm{elpd}}_i = \log \sum_s \tilde r_i^{(s)} p(y_i \mid \theta^{(s)})`.
+``az.loo`` on the same InferenceData omits the :math:`\log w` term (it assumes exact posterior
+draws). Discrete local latents that the model enumerates (``infer={"enumerate": "parallel"}``) and
+the guide leaves out are summed out exactly, so :math:`p(y_i \mid \theta)` is the marginal
+likelihood of datapoint i (a mixture's :math:`\log \sum_k \pi_k p(y_i \mid \theta_k)`). Example::
+
+    idata = to_inference_data(model, guide, x, num_samples=1000)   # arviz.InferenceData
+    az.summary(idata); az.loo(idata)                                 # ArviZ as usual
+    loo(idata)                                                       # corrected for q
+    res = psis_khat(vae.model, vae.guide, x_test, num_samples=500)
+    res.khat, res.summary()["share_above_0.7"]
+
+Log densities are unscaled (subsampling scales do not enter) and masks apply.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import arviz as az
+import numpy as np
+import pyro
+import torch
+import xarray as xr
+from arviz.stats.stats_utils import ELPDData
+from pyro import poutine
+
+from .evaluate import max_plate_nesting
+
+__all__ = [
+    "DiagnosticsError",
+    "Draws",
+    "PSISResult",
+    "draw",
+    "psis",
+    "psis_khat",
+    "to_inference_data",
+    "loo",
+    "prior_draws",
+    "MIN_SAMPLES",
+    "DATA_PLATE",
+]
+
+DATA_PLATE = "data"
+MIN_SAMPLES = 10
+PSIS_MIN_SAMPLES = (
+    21  # the smallest S whose Pareto tail (ceil(S/5) draws) has the 5 draws a fit needs
+)
+_PARTICLES = "_pyro_vi_draws"
+
+
+class DiagnosticsError(ValueError):
+    """A diagnostic cannot run on this model/guide pair; the message names the problem and fix."""
+
+
+# ----------------------------------------------------------------------------- drawing from q
+@dataclass
+class Draws:
+    """S draws from the guide with the model's log densities, in a plate-aware layout.
+
+    Every tensor has the draws first. ``values`` (latents, also enumerated ones sampled from their
+    conditional posterior), ``predictive`` (replicated observations) and ``observed`` (the data,
+    no draw axis) have their plate axes next, in the order of ``dims[name]`` (plate names), then
+    their event axes. ``log_*_local`` and ``log_lik`` have shape (S, N) along the plate
+    ``"data"``; ``log_*_global`` have shape (S,).
+    """
+
+    num_samples: int
+    values: dict[str, torch.Tensor]
+    dims: dict[str, list[str]]
+    sizes: dict[str, int]
+    local_sites: set[str]
+    global_sites: set[str]
+    enumerated: set[str]
+    log_q_global: torch.Tensor
+    log_p_global: torch.Tensor
+    log_q_local: torch.Tensor | None
+    log_p_local: torch.Tensor | None
+    log_lik: dict[str, torch.Tensor]
+    predictive: dict[str, torch.Tensor]
+    observed: dict[str, torch.Tensor]
+    data_index: torch.Tensor | None
+    tolerance: float
+    random_globals: bool = False
+    fixed_globals: set[str] = field(default_factory=set)
+
+    @property
+    def has_data_plate(self) -> bool:
+        return self.log_p_local is not None
+
+    @property
+    def log_weight_global(self) -> torch.Tensor:
+        """:math:`g^{(s)}`: terms of the sites outside the data plate, shape (S,)."""
+        return self.log_p_global - self.log_q_global
+
+    @property
+    def log_weight_local(self) -> torch.Tensor:
+        """:math:`\\ell_i^{(s)}`: terms of the sites inside the data plate, shape (S, N)."""
+        if self.log_p_local is None:
+            raise DiagnosticsError(
+                "the model has no plate named 'data': put local latents and observations in "
+                "pyro.plate('data', N) (pyro_vi.data.data_plate) for per-datapoint output"
+            )
+        return self.log_p_local - self.log_q_local
+
+    @property
+    def log_weight(self) -> torch.Tensor:
+        """:math:`\\log p(y, \\theta) - \\log q(\\theta)` per draw, shape (S,)."""
+        lw = self.log_weight_global
+        return lw if self.log_p_local is None else lw + self.log_weight_local.sum(-1)
+
+
+def _check_samples(num_samples: int, least: int = MIN_SAMPLES) -> None:
+    if not isinstance(num_samples, int) or num_samples < least:
+        raise DiagnosticsError(
+            f"num_samples={num_samples}: use at least {least} draws (hundreds for stable k-hat)"
+        )
+
+
+def _is_plate_site(site) -> bool:
+    return type(site["fn"]).__name__ == "_Subsample"
+
+
+def _latent(site) -> bool:
+    return site["type"] == "sample" and not site["is_observed"] and not _is_plate_site(site)
+
+
+def _frame(site, name: str = DATA_PLATE):
+    return next((f for f in site["cond_indep_stack"] if f.name == name), None)
+
+
+def _batch_dim(site) -> int:
+    return len(site["fn"].batch_shape)
+
+
+def _layout(site, nesting: int, tensor: torch.Tensor, event: int):
+    """Reshape ``tensor`` (batch dims + ``event`` trailing dims, no enum dims) to
+    (draws, *plate axes, *event axes); returns it with the plate names of its axes."""
+    batch = tensor.dim() - event
+    t = tensor.reshape((1,) * (nesting + 1 - batch) + tuple(tensor.shape))
+    names, drop = [], []
+    for axis in range(1, nesting + 1):
+        dim = axis - nesting - 1
+        frame = next((f for f in site["cond_indep_stack"] if f.vectorized and f.dim == dim), None)
+        if frame is not None and frame.name != _PARTICLES:
+            names.append(frame.name)
+        elif t.shape[axis] == 1:
+            drop.append(axis)
+        else:
+            raise DiagnosticsError(
+                f"site {site['name']!r} has a batch dim of size {t.shape[axis]} at dim {dim} "
+                "outside any plate: declare its plates with pyro.plate"
+            )
+    return (t.squeeze(tuple(drop)) if drop else t), names
+
+
+def _site_terms(site, lp: torch.Tensor, nesting: int, width: int) -> torch.Tensor:
+    """Log-density ``lp`` of a site as (*enum axes, draws, N or 1), other plates summed out."""
+    lp = lp.reshape((1,) * (width - lp.dim()) + tuple(lp.shape))
+    n_enum = width - nesting - 1
+    frame = _frame(site)
+    data_axis = None if frame is None else n_enum + nesting + 1 + frame.dim
+    drop = tuple(a for a in range(n_enum + 1, width) if a != data_axis)
+    lp = lp.sum(drop) if drop else lp
+    return lp if data_axis is not None else lp.unsqueeze(-1)
+
+
+def _log_prob(site) -> torch.Tensor:
+    """Unscaled, masked log-density of a sample site."""
+    lp = site["fn"].log_prob(site["value"])
+    if site.get("mask") is not None:
+        lp = lp * site["mask"]
+    return lp
+
+
+class _NoPlate:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _particles(n: int, nesting: int, vectorize: bool):
+    return pyro.plate(_PARTICLES, n, dim=-(nesting + 1)) if vectorize else _NoPlate()
+
+
+def _one_chunk(model, guide, args, kwargs, n, nesting, vectorize, enum) -> dict:
+    """Traces and log-density terms of ``n`` draws (one vectorized batch or one plain draw)."""
+    with _particles(n, nesting, vectorize):
+        gt = poutine.trace(guide).get_trace(*args, **kwargs)
+        m = poutine.replay(model, trace=gt)
+        if enum:  # enum dims left of the draws' dim, also when that dim is absent
+            m = poutine.enum(m, first_available_dim=-(nesting + 2))
+        mt = poutine.trace(m).get_trace(*args, **kwargs)
+    guide_all = {k: s for k, s in gt.nodes.items() if _latent(s)}
+    guide_sites = {k: s for k, s in guide_all.items() if not s["infer"].get("is_auxiliary")}
+    model_latent = {k: s for k, s in mt.nodes.items() if _latent(s)}
+    observed = {
+        k: s
+        for k, s in mt.nodes.items()
+        if s["type"] == "sample" and s["is_observed"] and not _is_plate_site(s)
+    }
+    enumerated = {k for k in model_latent if k not in guide_sites}
+    for name in sorted(enumerated):
+        if model_latent[name]["infer"].get("enumerate") != "parallel":
+            raise DiagnosticsError(
+                f"the guide has no site {name!r}, a latent site of the model: add it to the guide "
+                "(or mark it infer={'enumerate': 'parallel'} in the model to sum it out)"
+            )
+    extra = sorted(k for k in guide_sites if k not in model_latent)
+    if extra:
+        raise DiagnosticsError(
+            f"guide site {extra[0]!r} is not a latent site of the model: rename or drop it"
+        )
+    model_sites = {**model_latent, **observed}
+    lps = {k: _log_prob(s) for k, s in model_sites.items()}
+    width = max([nesting + 1] + [lp.dim() for lp in lps.values()])
+    has_data = any(_frame(s) is not None for s in model_sites.values())
+    terms = dict(log_q_global=0.0, log_p_global=0.0, log_q_local=0.0, log_p_local=0.0)
+    joint, lik, marginal = 0.0, {}, []
+    for s in guide_all.values():  # auxiliary sites (AutoNormal's) belong to log q
+        lp = _site_terms(s, _log_prob(s), nesting, nesting + 1)
+        key = "log_q_local" if _frame(s) is not None else "log_q_global"
+        terms[key] = terms[key] + lp
+    for k, s in model_sites.items():
+        lp = _site_terms(s, lps[k], nesting, width)
+        if _frame(s) is None:
+            if any(d != 1 for d in lp.shape[:-2]):
+                raise DiagnosticsError(
+                    f"site {k!r} outside the 'data' plate depends on an enumerated site: only "
+                    "local discrete latents can be summed out; add them to the guide"
+                )
+            terms["log_p_global"] = terms["log_p_global"] + lp.reshape(lp.shape[-2:])
+        elif k in enumerated or any(d != 1 for d in lp.shape[:-2]):
+            joint = joint + lp
+            if k in observed:
+                marginal.append(k)
+            elif k not in enumerated:
+                raise DiagnosticsError(
+                    f"latent site {k!r} depends on the enumerated {sorted(enumerated)}: "
+                    "add those to the guide"
+                )
+        elif k in observed:
+            lik[k] = lp.reshape(lp.shape[-2:])
+        else:
+            terms["log_p_local"] = terms["log_p_local"] + lp.reshape(lp.shape[-2:])
+    plain, sampled = mt, {}
+    if torch.is_tensor(joint):
+        if len(marginal) != 1:
+            raise DiagnosticsError(
+                f"enumerated sites {sorted(enumerated)} feed {len(marginal)} observed sites: "
+                "a pointwise likelihood needs exactly one; put the others in the guide"
+            )
+        n_enum = width - nesting - 1
+        lik[marginal[0]] = torch.logsumexp(joint.reshape(-1, *joint.shape[-2:]), 0)
+        # Draw the enumerated sites from p(z_i | y_i, theta) and rerun the model with them.
+        logits = joint.movedim(tuple(range(n_enum)), tuple(range(-n_enum, 0)))
+        enum_sizes = logits.shape[-n_enum:]
+        logits = logits.reshape(*logits.shape[:2], -1).expand(n, lik[marginal[0]].shape[-1], -1)
+        index = _unravel(torch.distributions.Categorical(logits=logits).sample(), enum_sizes)
+        data = {}
+        for name in enumerated:
+            s = model_latent[name]
+            v, ev = s["value"], len(s["fn"].event_shape)
+            axis = _enum_axis(v, ev)
+            support = v.reshape(v.shape[axis], *v.shape[v.dim() - ev :])
+            chosen = support[index[width - (v.dim() - ev) + axis]]  # (draws, N, *event)
+            shape = [1] * (nesting + 1)
+            shape[0], shape[nesting + 1 + _frame(s).dim] = chosen.shape[:2]
+            value = chosen.reshape(*shape, *chosen.shape[2:])
+            data[name] = value if vectorize else value.squeeze(0)
+        with _particles(n, nesting, vectorize):
+            m = poutine.condition(poutine.replay(model, trace=gt), data=data)
+            plain = poutine.trace(m).get_trace(*args, **kwargs)
+        sampled = {k: plain.nodes[k] for k in enumerated}
+    data_site = plain.nodes.get(DATA_PLATE)
+    n_data = None
+    if has_data and data_site is not None and _is_plate_site(data_site):
+        n_data = data_site["value"].shape[0]
+    return dict(
+        plain=plain, guide_sites=guide_sites, sampled=sampled, observed=observed, lik=lik,
+        enumerated=enumerated, has_data=has_data, n_data=n_data,
+        data_index=None if data_site is None else data_site["value"], **terms,
+    )  # fmt: skip
+
+
+def _enum_axis(v: torch.Tensor, event: int) -> int:
+    axes = [a for a in range(v.dim() - event) if v.shape[a] != 1]
+    if len(axes) != 1:
+        raise DiagnosticsError(
+            "an enumerated site has an unexpected shape: enumerate it with 'parallel'"
+        )
+    return axes[0]
+
+
+def _unravel(index: torch.Tensor, sizes) -> list[torch.Tensor]:
+    out = []
+    for size in reversed(sizes):
+        out.append(index % size)
+        index = torch.div(index, size, rounding_mode="floor")
+    return out[::-1]
+
+
+def draw(
+    model: Callable,
+    guide: Callable,
+    *args,
+    num_samples: int = 1000,
+    vectorize: bool | None = None,
+    chunk_size: int | None = None,
+    **kwargs,
+) -> Draws:
+    """Draw ``num_samples`` latents from ``guide`` and score them under ``model``.
+
+    Draws run vectorized in an outer plate (chunks of ``chunk_size``). ``vectorize=False`` runs
+    one draw per trace, for models that index tensors in ways a particle dimension breaks;
+    ``None`` tries vectorized and falls back with a warning. Runs without gradients.
+    """
+    _check_samples(num_samples)
+    with torch.no_grad():
+        nesting = max_plate_nesting(model, guide, *args, **kwargs)
+        with poutine.block():
+            mt0 = poutine.trace(model).get_trace(*args, **kwargs)
+        enum = any(
+            _latent(s) and s["infer"].get("enumerate") == "parallel" for s in mt0.nodes.values()
+        )
+        run = (model, guide, args, kwargs, num_samples, nesting)
+        if vectorize is None:
+            try:
+                return _draw(*run, True, enum, chunk_size)
+            except DiagnosticsError:
+                raise
+            except (RuntimeError, ValueError, IndexError) as e:
+                warnings.warn(
+                    f"vectorized draws failed ({type(e).__name__}: {str(e)[:100]}); drawing one "
+                    "at a time (pass vectorize=False to skip the attempt)",
+                    stacklevel=2,
+                )
+                vectorize = False
+        return _draw(*run, vectorize, enum, chunk_size)
+
+
+def _draw(model, guide, args, kwargs, num_samples, nesting, vectorize, enum, chunk_size) -> Draws:
+    if vectorize:
+        numel = max((a.numel() for a in args if torch.is_tensor(a)), default=1)
+        chunk = chunk_size or max(1, min(num_samples, 2**22 // max(numel, 1)))
+        counts = [min(chunk, num_samples - i) for i in range(0, num_samples, chunk)]
+    else:
+        counts = [1] * num_samples
+    parts = [_one_chunk(model, guide, args, kwargs, n, nesting, vectorize, enum) for n in counts]
+    first = parts[0]
+    ref = next((a for a in args if torch.is_tensor(a) and a.is_floating_point()), None)
+    dtype = torch.get_default_dtype() if ref is None else ref.dtype
+    device = None if ref is None else ref.device
+    n_data = first["n_data"] or 1
+
+    def cat_terms(key: str, width: int) -> torch.Tensor:
+        out = []
+        for p, n in zip(parts, counts, strict=True):
+            v = torch.as_tensor(p[key], dtype=dtype, device=device)
+            v = v.reshape(v.shape[-2:]) if v.dim() >= 2 else v.reshape(1, 1)
+            out.append(v.expand(n, width))
+        return torch.cat(out)
+
+    dims: dict[str, list[str]] = {}
+    plate_sizes: dict[str, int] = {}
+
+    def gather(get) -> dict[str, torch.Tensor]:
+        out: dict[str, list[torch.Tensor]] = {}
+        for p, n in zip(parts, counts, strict=True):
+            for name, (site, tensor, event) in get(p).items():
+                t, names = _layout(site, nesting, tensor, event)
+                out.setdefault(name, []).append(t.expand(n, *t.shape[1:]))
+                dims[name] = names
+                for f in site["cond_indep_stack"]:
+                    if f.name != _PARTICLES:
+                        plate_sizes.setdefault(f.name, t.shape[1 + names.index(f.name)])
+        return {k: torch.cat(v) for k, v in out.items()}
+
+    def latents(p):
+        sites = {**p["guide_sites"], **p["sampled"]}
+        return {k: (s, s["value"], len(s["fn"].event_shape)) for k, s in sites.items()}
+
+    def replicas(p):
+        out = {}
+        for k in p["observed"]:
+            s = p["plain"].nodes[k]
+            out[k] = (s, s["fn"].sample(), len(s["fn"].event_shape))
+        return out
+
+    values = gather(latents)
+    predictive = gather(replicas)
+    local = {k for k, s in {**first["guide_sites"], **first["sampled"]}.items() if _frame(s)}
+    glob = set(values) - local
+    observed = {}
+    for k in first["observed"]:
+        s = first["plain"].nodes[k]
+        full = s["value"].expand(s["fn"].batch_shape + s["fn"].event_shape)
+        observed[k] = _layout(s, nesting, full, len(s["fn"].event_shape))[0][0]
+    has_data = first["has_data"]
+    lik = {}
+    if has_data:
+        for k in first["lik"]:
+            lik[k] = torch.cat(
+                [p["lik"][k].expand(n, n_data) for p, n in zip(parts, counts, strict=True)]
+            )
+    terms = {
+        key: cat_terms(key, n_data if key.endswith("local") else 1)
+        for key in ("log_q_global", "log_p_global", "log_q_local", "log_p_local")
+    }
+    scale = max([1.0] + [float(v.abs().sum(-1).max()) for v in terms.values()])
+    scale = max([scale] + [float(v.abs().sum(-1).max()) for v in lik.values()])
+    fixed = {k for k in glob if bool((values[k] == values[k][:1]).all())}
+    return Draws(
+        num_samples=num_samples,
+        values=values,
+        dims=dims,
+        sizes=plate_sizes,
+        local_sites=local,
+        global_sites=glob,
+        enumerated=set(first["enumerated"]),
+        log_q_global=terms["log_q_global"][:, 0],
+        log_p_global=terms["log_p_global"][:, 0],
+        log_q_local=terms["log_q_local"] if has_data else None,
+        log_p_local=terms["log_p_local"] + sum(lik.values(), 0.0) if has_data else None,
+        log_lik=lik,
+        predictive=predictive,
+        observed=observed,
+        data_index=first["data_index"] if has_data else None,
+        tolerance=64 * torch.finfo(dtype).eps * scale,
+        random_globals=bool(glob - fixed),
+        fixed_globals=fixed,
+    )
+
+
+# ----------------------------------------------------------------------------- PSIS
+def psis(log_weights: torch.Tensor, tolerance: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pareto-smoothed, self-normalized log weights and the Pareto shape k-hat.
+
+    ``log_weights`` has the draws first: shape (S,) gives one k-hat, (S, N) one per column.
+    Columns whose spread is at most ``tolerance`` are constant weights: left uniform, with
+    k-hat = -inf (no tail). The smoothing is ArviZ's :func:`arviz.psislw` (float64).
+    """
+    lw = log_weights.detach().to("cpu", torch.float64)
+    flat = lw.reshape(lw.shape[0], -1).T.numpy().copy()  # (columns, S)
+    smoothed, khat = az.psislw(flat, reff=1.0)
+    khat = np.atleast_1d(np.asarray(khat, dtype=float)).copy()
+    smoothed = np.atleast_2d(smoothed)
+    constant = (flat.max(-1) - flat.min(-1)) <= tolerance
+    khat[constant] = -np.inf
+    smoothed[constant] = -math.log(flat.shape[1])
+    out = torch.as_tensor(smoothed.T.reshape(lw.shape), device=log_weights.device)
+    kh = torch.as_tensor(khat.reshape(lw.shape[1:]), device=log_weights.device)
+    return out, kh
+
+
+@dataclass
+class PSISResult:
+    """k-hat of a guide: one value (global) or one per datapoint (``pointwise``).
+
+    ``log_weights`` are the raw log importance weights (S,) or (S, N); ``smoothed_log_weights``
+    the Pareto-smoothed ones, normalized over the draws; ``draws`` the guide's latent values
+    (draws first, as in :class:`Draws`).
+    """
+
+    khat: torch.Tensor
+    log_weights: torch.Tensor
+    smoothed_log_weights: torch.Tensor
+    draws: dict[str, torch.Tensor]
+    pointwise: bool
+    data_index: torch.Tensor | None = None
+
+    @property
+    def num_samples(self) -> int:
+        return self.log_weights.shape[0]
+
+    @property
+    def threshold(self) -> float:
+        """The sample-size-dependent bound min(1 - 1/log10(S), 0.7) (Vehtari et al. 2024)."""
+        return min(1.0 - 1.0 / math.log10(self.num_samples), 0.7)
+
+    def bad(self, threshold: float = 0.7) -> torch.Tensor:
+        """Dataset indices (pointwise) or positions of the k-hats above ``threshold``."""
+        where = torch.nonzero(self.khat.reshape(-1) > threshold).reshape(-1)
+        if self.pointwise and self.data_index is not None:
+            return self.data_index.to(where.device)[where]
+        return where
+
+    def summary(self) -> dict:
+        """Counts and shares of k-hat in (-inf, 0.5], (0.5, 0.7], (0.7, inf); max; worst five."""
+        k = self.khat.reshape(-1).double()
+        n = k.numel()
+        order = torch.argsort(k, descending=True)[:5]
+        index = self.data_index if self.pointwise and self.data_index is not None else None
+        worst = (order if index is None else index.to(order.device)[order]).tolist()
+        return {
+            "n": n,
+            "max": float(k.max()),
+            "share_below_0.5": float((k <= 0.5).double().mean()),
+            "share_0.5_to_0.7": float(((k > 0.5) & (k <= 0.7)).double().mean()),
+            "share_above_0.7": float((k > 0.7).double().mean()),
+            "worst": worst,
+        }
+
+    def expectation(self, f: str | Callable[[dict], torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        """PSIS-corrected posterior expectation of ``f``: a latent's name, a function of the draws
+        dict or a tensor with the draws first. Pointwise results weigh each datapoint's values
+        (axis 1 along the data plate) with that datapoint's weights."""
+        values = self.draws[f] if isinstance(f, str) else f(self.draws) if callable(f) else f
+        w = self.smoothed_log_weights.exp().to(values.dtype)
+        if self.pointwise and values.dim() >= 2 and values.shape[1] == w.shape[1]:
+            w = w.reshape(w.shape + (1,) * (values.dim() - 2))
+            return (w * values).sum(0)
+        if self.pointwise:
+            raise DiagnosticsError(
+                "pointwise weights need values with the draws first and the datapoints second"
+            )
+        return (w.reshape((-1,) + (1,) * (values.dim() - 1)) * values).sum(0)
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        kind = f"{s['n']} datapoints" if self.pointwise else "global"
+        return (
+            f"PSISResult({kind}, S={self.num_samples}, max k-hat={s['max']:.3f}, "
+            f"share above 0.7={s['share_above_0.7']:.3f})"
+        )
+
+
+def _pointwise_weights(d: Draws) -> torch.Tensor:
+    """The log weights each datapoint's posterior needs: its own term when the globals are fixed
+    (the posterior factorizes), the joint weight otherwise; shape (S, N)."""
+    if d.random_globals:
+        return d.log_weight[:, None].expand(-1, d.log_weight_local.shape[1])
+    return d.log_weight_local + d.log_weight_global[:, None]
+
+
+def psis_khat(
+    model: Callable,
+    guide: Callable,
+    *args,
+    num_samples: int = 1000,
+    pointwise: bool | None = None,
+    vectorize: bool | None = None,
+    chunk_size: int | None = None,
+    **kwargs,
+) -> PSISResult:
+    """PSIS k-hat of ``guide`` as an importance proposal for ``model``'s posterior.
+
+    ``pointwise=None`` picks: one k-hat per datapoint when the guide's global latents are fixed
+    (none, or point masses: the posterior factorizes over the plate ``"data"``, as for amortized
+    and per-datapoint guides), else one global k-hat of the joint weights. ``pointwise=True``
+    with random global latents, or without a ``"data"`` plate, is an error. At least 21 draws
+    (hundreds for a stable k-hat).
+    """
+    _check_samples(num_samples, PSIS_MIN_SAMPLES)
+    d = draw(model, guide, *args, num_samples=num_samples, vectorize=vectorize,
+             chunk_size=chunk_size, **kwargs)  # fmt: skip
+    if pointwise is None:
+        pointwise = d.has_data_plate and not d.random_globals and bool(d.local_sites)
+    if pointwise:
+        if not d.has_data_plate:
+            d.log_weight_local  # raises the one-line error  # noqa: B018
+        if d.random_globals:
+            raise DiagnosticsError(
+                f"per-datapoint k-hat needs fixed global latents, but {sorted(d.global_sites)} "
+                "are random in the guide: use pointwise=False for the global k-hat"
+            )
+        lw = d.log_weight_local
+    else:
+        lw = d.log_weight
+    smoothed, khat = psis(lw, d.tolerance)
+    return PSISResult(khat, lw, smoothed, d.values, bool(pointwise), d.data_index)
+
+
+# ----------------------------------------------------------------------------- ArviZ
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def _coords(d: Draws) -> dict[str, np.ndarray]:
+    coords = {name: np.arange(size) for name, size in d.sizes.items()}
+    if d.data_index is not None:
+        coords[DATA_PLATE] = _np(d.data_index)
+    return coords
+
+
+def to_inference_data(
+    model: Callable,
+    guide: Callable,
+    *args,
+    num_samples: int = 1000,
+    local: bool | None = None,
+    prior: bool = False,
+    vectorize: bool | None = None,
+    chunk_size: int | None = None,
+    **kwargs,
+) -> az.InferenceData:
+    """``num_samples`` draws from ``guide`` as an :class:`arviz.InferenceData`.
+
+    Groups: ``posterior`` (chain=1, draw=S) with the global latents, and the local ones (plate
+    ``"data"``) when ``local=True`` or when there are no global latents (``local=None``);
+    ``posterior_predictive`` and ``observed_data`` for every observed site; ``log_likelihood``
+    per datapoint for observed sites in the plate ``"data"`` (``az.loo`` works; use :func:`loo`
+    for draws from q); ``sample_stats`` with ``log_weight`` = log p(y, θ) - log q(θ), ``lp``,
+    ``log_q`` and, with a data plate, ``log_weight_local`` (chain, draw, data); with
+    ``prior=True`` also ``prior`` and ``prior_predictive``. Dims are named after the plates,
+    event dims ``{site}_dim_{j}``; the ``"data"`` coordinate holds the dataset indices.
+    """
+    d = draw(model, guide, *args, num_samples=num_samples, vectorize=vectorize,
+             chunk_size=chunk_size, **kwargs)  # fmt: skip
+    if local is None:
+        local = not d.global_sites
+    names = sorted(d.global_sites | (d.local_sites if local else set()))
+    ch = lambda t: _np(t)[None]  # noqa: E731 - (chain=1, draw, ...)
+    posterior = {k: ch(d.values[k]) for k in names}
+    event_rank = {k: v.dim() - 1 - len(d.dims[k]) for k, v in {**d.values, **d.predictive}.items()}
+    dims = {k: v + [f"{k}_dim_{j}" for j in range(event_rank[k])] for k, v in d.dims.items()}
+    groups = dict(
+        posterior=posterior,
+        posterior_predictive={k: ch(v) for k, v in d.predictive.items()},
+        observed_data={k: _np(v) for k, v in d.observed.items()},
+    )
+    lp = d.log_p_global + (d.log_p_local.sum(-1) if d.has_data_plate else 0.0)
+    lq = d.log_q_global + (d.log_q_local.sum(-1) if d.has_data_plate else 0.0)
+    stats = {"log_weight": ch(d.log_weight), "lp": ch(lp), "log_q": ch(lq)}
+    if d.has_data_plate:
+        groups["log_likelihood"] = {k: ch(v) for k, v in d.log_lik.items()}
+        stats["log_weight_local"] = ch(d.log_weight_local)
+        dims["log_weight_local"] = [DATA_PLATE]
+    groups["sample_stats"] = stats
+    if prior:
+        pt = _prior_draws(model, *args, num_samples=num_samples, **kwargs)
+        groups["prior"] = {k: ch(v) for k, (v, _) in pt["latent"].items() if k in names}
+        groups["prior_predictive"] = {k: ch(v) for k, (v, _) in pt["observed"].items()}
+    idata = az.from_dict(**groups, coords=_coords(d), dims=dims)
+    idata.sample_stats.attrs["random_globals"] = int(d.random_globals)
+    idata.sample_stats.attrs["khat_tolerance"] = float(d.tolerance)
+    return idata
+
+
+def _prior_draws(model: Callable, *args, num_samples: int, **kwargs) -> dict:
+    """Vectorized draws of every latent and observed site from the prior (observed sites
+    unconditioned): ``{"latent": {name: (values, dims)}, "observed": {...}}``."""
+    with torch.no_grad():
+        nesting = max(max_plate_nesting(model, lambda *a, **k: None, *args, **kwargs), 0)
+        with pyro.plate(_PARTICLES, num_samples, dim=-(nesting + 1)):
+            tr = poutine.trace(poutine.uncondition(model)).get_trace(*args, **kwargs)
+    out = {"latent": {}, "observed": {}}
+    for name, s in tr.nodes.items():
+        if s["type"] != "sample" or _is_plate_site(s):
+            continue
+        t, names = _layout(s, nesting, s["value"], len(s["fn"].event_shape))
+        key = "observed" if (s.get("infer") or {}).get("was_observed") else "latent"
+        out[key][name] = (t.expand(num_samples, *t.shape[1:]), names)
+    return out
+
+
+def prior_draws(model: Callable, *args, num_samples: int = 1000, **kwargs) -> dict:
+    """Prior and prior-predictive draws: ``{site: tensor}`` with the draws first (plates next)."""
+    _check_samples(num_samples)
+    pt = _prior_draws(model, *args, num_samples=num_samples, **kwargs)
+    return {k: v for group in pt.values() for k, (v, _) in group.items()}
+
+
+# ----------------------------------------------------------------------------- LOO
+def loo(idata: az.InferenceData, var_name: str | None = None) -> ELPDData:
+    """PSIS-LOO for draws from a variational approximation (Magnusson et al. 2019).
+
+    ``idata`` comes from :func:`to_inference_data`. The LOO log ratios are
+    ``log_weight - log p(y_i | θ)`` (``log_weight_local`` alone when the globals are fixed: the
+    posterior factorizes), Pareto-smoothed per datapoint. Returns ArviZ's ``ELPDData`` with the
+    fields of ``az.loo(..., pointwise=True)`` (so ``az.compare`` takes it); ``pareto_k`` are the
+    k-hats of the LOO ratios, ``loo_i`` the pointwise elpd.
+    """
+    if "sample_stats" not in idata.groups() or "log_weight" not in idata.sample_stats:
+        raise DiagnosticsError(
+            "this InferenceData has no sample_stats.log_weight: build it with "
+            "pyro_vi.to_inference_data (for MCMC draws use az.loo)"
+        )
+    if "log_likelihood" not in idata.groups():
+        raise DiagnosticsError(
+            "no log_likelihood group: LOO needs observations in a plate named 'data'"
+        )
+    ll = idata.log_likelihood
+    names = list(ll.data_vars)
+    if var_name is None:
+        if len(names) != 1:
+            raise DiagnosticsError(f"several observed sites {names}: pick one with var_name=")
+        var_name = names[0]
+    elif var_name not in names:
+        raise DiagnosticsError(f"var_name={var_name!r} is not in the log_likelihood {names}")
+    lik = torch.as_tensor(ll[var_name].values[0], dtype=torch.float64)  # (S, N)
+    stats = idata.sample_stats
+    if stats.attrs.get("random_globals", 1):
+        lw = torch.as_tensor(stats["log_weight"].values[0], dtype=torch.float64)[:, None]
+    else:
+        lw = torch.as_tensor(stats["log_weight_local"].values[0], dtype=torch.float64)
+    s, n = lik.shape
+    tol = float(stats.attrs.get("khat_tolerance", 0.0))
+    post, _ = psis(lw.expand(s, n).contiguous(), tol)
+    ratios, khat = psis(lw - lik, tol)
+    loo_i = torch.logsumexp(ratios + lik, 0)
+    lppd = float(torch.logsumexp(post + lik, 0).sum())
+    elpd = float(loo_i.sum())
+    se = math.sqrt(n * float(loo_i.var(unbiased=False)))
+    good_k = min(1 - 1 / math.log10(s), 0.7)
+    coord = ll[var_name].dims[2] if ll[var_name].ndim > 2 else DATA_PLATE
+    coords = {coord: ll[var_name].coords[coord].values} if coord in ll[var_name].coords else {}
+    loo_i_da = xr.DataArray(_np(loo_i), dims=[coord], coords=coords, name="loo_i")
+    k_da = xr.DataArray(_np(khat), dims=[coord], coords=coords, name="pareto_shape")
+    warn = bool((khat > good_k).any())
+    return ELPDData(
+        data=[elpd, se, lppd - elpd, s, n, warn, loo_i_da, k_da, "log", good_k],
+        index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "loo_i",
+               "pareto_k", "scale", "good_k"],
+    )  # fmt: skip
