@@ -103,7 +103,10 @@ def main(argv=None) -> dict:
     p.add_argument("--large-n", type=int, default=6400, help="rows for the large case")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     torch.manual_seed(a.seed)
 
@@ -119,7 +122,8 @@ def main(argv=None) -> dict:
     pyro.set_rng_seed(a.seed)
     small_vae = VAE(2, 1, (10,), likelihood="normal")
     small = measure(small_vae, x_small, 256, a.epochs * 4, a.seed)
-    print(f"large data: {source}; torch {torch.__version__}, pyro {pyro.__version__}, {device}")
+    print(f"large data: {source}; torch {torch.__version__}, pyro {pyro.__version__}, {device}, "
+          f"{torch.get_num_threads()} threads")  # fmt: skip
     print(f"{'case':<28}{'fit ms/step':>12}{'ref ms/step':>12}{'ratio':>8}")
     for name, r in (("784-400-50 VAE, batch 128", large), ("2-10-1 toy, batch 256", small)):
         print(f"{name:<28}{r['fit_step_ms']:>12.3f}{r['ref_step_ms']:>12.3f}{r['ratio']:>8.3f}")
