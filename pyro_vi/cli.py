@@ -87,6 +87,12 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--iwae-k", type=_positive_int, default=1000, help="importance samples")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument(
+        "--gaps",
+        action="store_true",
+        help="amortization-gap report: amortized vs locally optimized ELBO vs log p(x)",
+    )
+    e.add_argument("--test-size", type=_positive_int, default=500, help="test points for --gaps")
 
     s = sub.add_parser("sample", help="a PNG grid of samples from a run's model")
     s.add_argument("run_dir")
@@ -161,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         elif a.command == "evaluate":
             from .runs import evaluate_run
 
-            out = evaluate_run(a.run_dir, a.iwae_k, a.device)
+            out = evaluate_run(a.run_dir, a.iwae_k, a.device, gaps=a.gaps, test_size=a.test_size)
         else:
             out = _sample(a)
     except (ValueError, OSError) as e:  # every bad input raises a ValueError subclass

@@ -243,11 +243,30 @@ def load_run(run_dir: str | os.PathLike, device: str = "auto"):
     return model_obj, data, config
 
 
-def evaluate_run(run_dir: str | os.PathLike, iwae_k: int = 1000, device: str = "auto") -> dict:
-    """Evaluate a saved run; the result also goes to ``evaluation.json`` in the run directory."""
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    iwae_k: int = 1000,
+    device: str = "auto",
+    gaps: bool = False,
+    test_size: int = 500,
+) -> dict:
+    """Evaluate a saved run; the result also goes to ``evaluation.json`` in the run directory.
+
+    With ``gaps=True`` the amortization-gap report (:func:`pyro_vi.gaps.amortization_gaps`) of
+    the first ``test_size`` test points is added, its per-datapoint values in ``gaps.json``.
+    """
     model_obj, data, config = load_run(run_dir, device)
     torch.manual_seed(config["seed"])
     metrics = _evaluate(model_obj, data, iwae_k, seed=config["seed"])
+    if gaps:
+        from .gaps import amortization_gaps
+
+        (x,), _ = model_inputs(model_obj, data.test, config["seed"], rows=test_size)
+        report = amortization_gaps(model_obj.model, model_obj, x, num_samples=iwae_k,
+                                   seed=config["seed"])  # fmt: skip
+        metrics["gaps"] = {k: float(v) for k, v in report["mean"].items()}
+        per_point = {k: v.tolist() for k, v in report.items() if torch.is_tensor(v)}
+        write_json(per_point, Path(run_dir) / "gaps.json")
     write_json(metrics, Path(run_dir) / "evaluation.json")
     return metrics
 

@@ -53,6 +53,14 @@ def test_evaluate_and_sample(run_dir, capsys):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_evaluate_gaps(run_dir, capsys):
+    argv = ["evaluate", str(run_dir), "--iwae-k", "20", "--gaps", "--test-size", "8"]
+    assert main(argv) == 0
+    g = json.loads(capsys.readouterr().out)["gaps"]
+    assert g["amortization_gap"] == pytest.approx(g["local_elbo"] - g["amortized_elbo"], abs=1e-4)
+    assert len(json.loads((run_dir / "gaps.json").read_text())["log_px"]) == 8
+
+
 def test_resume_continues_in_place(tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["fit", "vae", *TINY, "--out", str(out), "--no-figures"]) == 0
