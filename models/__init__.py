@@ -6,9 +6,11 @@
 data it cannot take) and the methods ``model`` and ``guide``.
 """
 
+from .cvae import CVAE
+from .flow_density import FlowDensity
 from .gmm import GMM
 from .vae import VAE
 
-REGISTRY = {"vae": VAE}  # CLI names; GMM is fitted through its own estimator interface
+REGISTRY = {"vae": VAE, "cvae": CVAE}  # CLI names; GMM is fitted through its own estimator
 
-__all__ = ["REGISTRY", "VAE", "GMM"]
+__all__ = ["REGISTRY", "VAE", "CVAE", "GMM", "FlowDensity"]

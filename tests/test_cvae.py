@@ -1,0 +1,210 @@
+"""The conditional VAE: the importance-sampled conditional log-likelihood against the ELBO and a
+plain Monte Carlo estimate, sample shapes and ranges, training on a tiny budget, the CLI path and
+bad inputs. Digits (8x8) throughout, for speed."""
+
+import json
+import math
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from pyro import poutine
+
+from pyro_vi import elbo, fit, log_marginal
+from pyro_vi.cli import main
+from pyro_vi.data import load
+from pyro_vi.models import REGISTRY
+from pyro_vi.models.cvae import CVAE, CVAEError
+
+SMALL = dict(z_dim=2, hidden=(64,))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Small networks: one torch thread is faster than two contending for loaded cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load("digits", binarize="dynamic", seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    """A CVAE for two visible quadrants after a short fit (baseline first, then the CVAE)."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    cvae = CVAE.from_data(digits, task="quadrant", quadrants=2, baseline_epochs=10, **SMALL)
+    fit(cvae.model, cvae.guide, digits, epochs=10, lr=3e-3, progress=False, seed=0)
+    return cvae
+
+
+def test_cll_sits_above_the_elbo_and_settles_as_k_grows(trained, digits):
+    x = digits.test.evaluation_x(0)[:100]
+    with torch.no_grad():
+        lower = elbo(trained.model, trained.guide, x, num_particles=200).mean().item()
+        per_point = {
+            k: log_marginal(trained.model, trained.guide, x, num_samples=k)
+            for k in (1, 10, 100, 1000, 3000)
+        }
+    cll = {k: v.mean().item() for k, v in per_point.items()}
+    se1 = per_point[1].std().item() / len(x) ** 0.5  # K = 1 is the noisiest estimate
+    assert abs(cll[1] - lower) < 0.5  # K = 1 is a one-sample ELBO
+    # IWAE-K rises with K in expectation: allow the K = 1 estimate its Monte-Carlo error
+    assert cll[1] < cll[10] + 3 * se1 and cll[10] < cll[100] + 0.02 < cll[1000] + 0.04
+    assert cll[1000] > lower  # the bound sits above the ELBO (200 particles: precise)
+    assert abs(cll[3000] - cll[1000]) < 0.02  # converged: K = 1000 and 3000 agree
+
+
+def test_cll_agrees_with_monte_carlo_over_the_prior(trained, digits):
+    """log p(y|x) = log E_{p(z|x)} p(y|x,z): plain Monte Carlo with the prior network as proposal
+    (many draws; z is 2-D) must agree with importance sampling through the recognition network."""
+    x = digits.test.evaluation_x(0)[:20]
+    with torch.no_grad():
+        inp, target = trained.split(x)
+        z = trained.prior(inp).sample((50_000,))
+        lp = trained.generation(z, inp).log_prob(target)  # (draws, N)
+        plain = torch.logsumexp(lp, 0) - math.log(len(z))
+        is_est = log_marginal(trained.model, trained.guide, x, num_samples=1000)
+    assert torch.allclose(plain, is_est, atol=0.15), (plain - is_est).abs().max()
+    nn_nll = trained.baseline_nll(x)
+    assert nn_nll.shape == (20,) and bool((nn_nll > 0).all())
+
+
+def test_model_observes_only_the_masked_part(trained, digits):
+    x = digits.test.evaluation_x(0)[:5]
+    tr = poutine.trace(trained.model).get_trace(x)
+    observed = [n for n, s in tr.nodes.items() if s["type"] == "sample" and s["is_observed"]]
+    assert observed == ["target"]
+    assert tr.nodes["target"]["value"].shape == (5, 32)  # two of four 4x4 quadrants are masked
+    assert torch.equal(tr.nodes["target"]["value"], x.reshape(5, 8, 8)[:, :, 4:].reshape(5, 32))
+    # the prior depends on x: different inputs, different p(z | x)
+    loc = trained.prior(trained.split(x)[0]).mean
+    assert loc.shape == (5, 2) and not torch.allclose(loc[0], loc[1])
+
+
+def test_completion_shapes_ranges_and_several_modes(trained, digits):
+    x = digits.test.evaluation_x(0)[:6]
+    torch.manual_seed(0)
+    images = trained.complete(x, num_samples=5)
+    assert images.shape == (5, 6, 64)
+    assert bool(((images >= 0) & (images <= 1)).all())
+    visible = x.reshape(6, 8, 8)[:, :, :4]  # quadrants=2: the left half is the input
+    assert torch.equal(images.reshape(5, 6, 8, 8)[..., :4], visible.expand(5, -1, -1, -1))
+    assert images.std(0).max() > 0.05  # several z per input give different completions
+    grid, nrow = trained.sample_grid(20, digits)
+    assert nrow == 8 and grid.shape == (24, 64) and bool(((grid >= 0) & (grid <= 1)).all())
+
+
+def test_label_task_trains_and_samples_by_class(digits):
+    cvae = CVAE.from_data(digits, task="label", baseline_epochs=3, **SMALL)
+    x, y = digits.test.evaluation_x(0)[:30], digits.test.y[:30]
+    with torch.no_grad():
+        before = -elbo(cvae.model, cvae.guide, x, y=y, num_particles=20).mean()
+    fit(cvae.model, cvae.guide, digits, epochs=4, lr=3e-3, progress=False, valid=None)
+    with torch.no_grad():
+        after = -elbo(cvae.model, cvae.guide, x, y=y, num_particles=20).mean()
+        cll = log_marginal(cvae.model, cvae.guide, x, y=y, num_samples=50)
+    assert after < before - 1.0 and cll.shape == (30,) and bool(torch.isfinite(cll).all())
+    images = cvae.complete(None, y=torch.arange(10), num_samples=3)
+    assert images.shape == (3, 10, 64) and bool(((images >= 0) & (images <= 1)).all())
+    grid, nrow = cvae.sample_grid(16, digits)
+    assert grid.shape == (16, 64) and nrow == 8
+
+
+def test_baseline_trains_on_a_tiny_budget(digits):
+    cvae = CVAE(shape=(8, 8), quadrants=1, **SMALL)
+    x = digits.test.evaluation_x(0)
+    with torch.no_grad():
+        before = cvae.baseline_nll(x).mean().item()
+    history = cvae.fit_baseline(digits.train, epochs=3, lr=3e-3)
+    with torch.no_grad():
+        after = cvae.baseline_nll(x).mean().item()
+    assert len(history) == 3 and history[-1] < history[0]
+    assert after < before - 5.0  # 48 masked pixels start near 48 log 2 = 33 nats
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(quadrants=0), "quadrants=0"),
+        (dict(quadrants=4), "quadrants=4"),
+        (dict(quadrants=True), "quadrants=True"),
+        (dict(shape=(7, 7)), "7x7 images do not split"),
+        (dict(shape=(8, 9)), "8x9 images do not split"),
+        (dict(shape=(64,)), "2-D images"),
+        (dict(task="inpaint"), "task 'inpaint'"),
+        (dict(task="label", num_classes=1), "num_classes=1"),
+    ],
+)
+def test_bad_options_are_one_line_value_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match) as e:
+        CVAE(**kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_labels_and_data(digits):
+    cvae = CVAE(shape=(8, 8), task="label", num_classes=10, **SMALL)
+    x = digits.test.evaluation_x(0)[:3]
+    for labels in (torch.tensor([0, 10, 2]), torch.tensor([-1, 0, 0])):
+        with pytest.raises(CVAEError, match="out of range 0..9"):
+            cvae.model(x, y=labels)
+        with pytest.raises(CVAEError, match="out of range"):
+            cvae.complete(None, y=labels)
+    with pytest.raises(CVAEError, match="needs class labels"):
+        cvae.guide(x)
+    with pytest.raises(CVAEError, match="binarize"):
+        cvae.check(digits.test.x[:3] * 0.5 + 0.25)
+    with pytest.raises(CVAEError, match="do not fit"):
+        cvae.check(x[:, :60])
+    with pytest.raises(CVAEError, match="binarize"):
+        CVAE.from_data(load("digits"), baseline_epochs=0)
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    monkeypatch.setitem(REGISTRY, "cvae", CVAE)  # the lead registers it; harmless once there
+    return main
+
+
+TINY = ["--epochs", "2", "--z-dim", "4", "--hidden", "32", "--iwae-k", "20", "--batch-size", "256"]
+
+
+def test_cli_fit_and_sample(cli, tmp_path, capsys):
+    out = tmp_path / "q3"
+    argv = ["fit", "cvae", "--task", "quadrant", "--quadrants", "3", *TINY, "--out", str(out)]
+    assert cli(argv) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert -16 < m["test_elbo"] < 0 and -16 < m["test_log_px"] < 0  # 16 masked pixels
+    assert json.loads((out / "baseline.json").read_text())["test_nll_baseline"] > 0
+    assert (out / "completions.png").read_bytes()[:4] == b"\x89PNG"
+    assert cli(["sample", str(out), "-n", "16"]) == 0
+    assert (out / "samples-16.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_bad_input_is_one_line_exit_2(cli, tmp_path, capsys):
+    flat = tmp_path / "flat.npy"
+    np.save(flat, (np.random.default_rng(0).random((50, 49)) < 0.5).astype(np.float32))
+    for argv, match in [
+        (["--dataset", str(flat), "--binarize", "static"], "needs images"),
+        (["--dataset", "gaussian2d"], "binarize"),
+        (["--quadrants", "4"], "invalid choice"),
+    ]:
+        out = tmp_path / "bad"
+        assert cli(["fit", "cvae", *argv, *TINY, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and match in err, err
+        assert not out.exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_runs_on_cuda(digits):
+    cvae = CVAE.from_data(digits.to("cuda"), quadrants=1, baseline_epochs=1, **SMALL).cuda()
+    x = digits.test.to("cuda").evaluation_x(0)[:8]
+    assert log_marginal(cvae.model, cvae.guide, x, num_samples=10).device.type == "cuda"
+    assert cvae.complete(x, num_samples=2).device.type == "cuda"
