@@ -40,3 +40,12 @@ def test_flow_density():
     pyro.clear_param_store()
     fd = FlowDensity(realnvp(2, num_layers=2))
     _check(fd.model, fd.guide, toy_2d("moons", 50, seed=0), pointwise=False)
+
+
+def test_cvae():
+    from pyro_vi.models import CVAE
+
+    data = load("digits", binarize="static")
+    cvae = CVAE.from_data(data, task="quadrant", quadrants=2, z_dim=3, hidden=(16,),
+                          baseline_epochs=0)  # fmt: skip
+    _check(cvae.model, cvae.guide, data.test.x[:20], pointwise=True)
