@@ -2,6 +2,7 @@
 
 import pyro
 import pytest
+import torch
 
 
 @pytest.fixture(autouse=True)
@@ -10,3 +11,13 @@ def _clean_pyro():
     pyro.set_rng_seed(0)
     yield
     pyro.clear_param_store()
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: SparseAdam's scatter-adds and tiny models crawl when OpenMP threads
+    contend on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -25,12 +25,7 @@ from pyro_vi.estimators import (
 D, S, M = 2, 0.7, 200  # latent dim, likelihood scale, repetitions
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class LinearGaussian:

@@ -26,13 +26,7 @@ from pyro_vi.models import VAE
 N, D, S = 64, 4, 0.5  # datapoints, latent dimension, likelihood scale of the conjugate model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Sparse Adam's scatter-adds crawl when OpenMP threads contend on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def conjugate_model(x, idx=None, size=None):
