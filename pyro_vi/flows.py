@@ -91,7 +91,20 @@ def _zero_last(net: nn.Module) -> nn.Module:
 # ----------------------------------------------------------------------------- NICE coupling
 
 
-class AdditiveCoupling(TransformModule):
+class _VolumePreserving:
+    """log|det J| = 0: the Jacobian terms of a volume-preserving transform (mixed in first)."""
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(x.shape[:-1])
+
+    def forward_and_ladj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._call(x), x.new_zeros(x.shape[:-1])
+
+    def inverse_and_ladj(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._inverse(y), y.new_zeros(y.shape[:-1])
+
+
+class AdditiveCoupling(_VolumePreserving, TransformModule):
     r"""The additive coupling layer of NICE (Dinh et al., 2014):
 
         :math:`\mathbf{y}_{1:d} = \mathbf{x}_{1:d}`, :math:`\;
@@ -129,15 +142,6 @@ class AdditiveCoupling(TransformModule):
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         y1, y2 = y[..., : self.split_dim], y[..., self.split_dim :]
         return torch.cat([y1, y2 - self.nn(y1)], dim=-1)
-
-    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return x.new_zeros(x.shape[:-1])
-
-    def forward_and_ladj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._call(x), x.new_zeros(x.shape[:-1])
-
-    def inverse_and_ladj(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._inverse(y), y.new_zeros(y.shape[:-1])
 
 
 class ConditionalAdditiveCoupling(ConditionalTransformModule):
@@ -301,7 +305,7 @@ def conditional_realnvp_coupling(
 # ----------------------------------------------------------------- permutation and scaling
 
 
-class Permutation(TransformModule):
+class Permutation(_VolumePreserving, TransformModule):
     r"""Reorders features, :math:`y_i = x_{\pi(i)}`, :math:`\log|\det J| = 0`.
 
     Unlike Pyro's :class:`~pyro.distributions.transforms.Permute`, :math:`\pi` and its inverse
@@ -336,15 +340,6 @@ class Permutation(TransformModule):
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         return y.index_select(-1, self.inverse_permutation)
-
-    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return x.new_zeros(x.shape[:-1])
-
-    def forward_and_ladj(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._call(x), x.new_zeros(x.shape[:-1])
-
-    def inverse_and_ladj(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._inverse(y), y.new_zeros(y.shape[:-1])
 
 
 class Scaling(TransformModule):
