@@ -9,7 +9,7 @@ binarized dynamically (a fresh Bernoulli draw per batch, all 60,000 images); the
 masked pixels only: the baseline's NLL -log p_NN(y|x), the CVAE's -ELBO and its importance-sampled
 -log p(y|x) (``pyro_vi.log_marginal``, K = ``--iwae-k`` draws from q(z|x,y)).
 
-    python benchmarks/cvae.py --epochs 1 --iwae-k 1000 --test-size 1000 --seed 0
+    python benchmarks/cvae.py --epochs 3 --baseline-epochs 3 --iwae-k 1000 --test-size 1000 --seed 0
 
 Last line: ``{"cll_cvae_q1": .., "cll_nn_q1": .., ..., "cll_gain_min": ..}`` (negative
 conditional log-likelihoods, lower is better; gain = baseline - CVAE).
@@ -31,8 +31,8 @@ from pyro_vi.models.cvae import CVAE
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=1, help="CVAE epochs per setting")
-    p.add_argument("--baseline-epochs", type=int, default=1, help="baseline epochs per setting")
+    p.add_argument("--epochs", type=int, default=3, help="CVAE epochs per setting")
+    p.add_argument("--baseline-epochs", type=int, default=3, help="baseline epochs per setting")
     p.add_argument("--iwae-k", type=int, default=1000)
     p.add_argument("--test-size", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
