@@ -11,6 +11,13 @@ encoder MLP giving the mean and the log-variance. ``pyro_vi.fit`` maximizes the 
     vae = VAE(x_dim=64, z_dim=8, hidden=(128,))
     fit(vae.model, vae.guide, load("digits", binarize="dynamic"), epochs=30)
     images = vae.sample(16)
+
+Flows (Rezende & Mohamed 2015). ``guide_flow="nice"|"realnvp"``: the encoder also emits a
+context :math:`h_\phi(x)` and :math:`q(z \mid x)` is the base Gaussian pushed through
+``flow_layers`` coupling layers conditioned on it, :math:`z = f_K \circ \dots \circ f_1(z_0; h)`,
+:math:`\log q(z \mid x) = \log q_0(z_0 \mid x) - \sum_k \log|\det J_{f_k}|`.
+``prior_flow=...``: :math:`p(z)` is :math:`\mathcal N(0, I)` pushed through an unconditional
+flow, so the prior is learned too.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyro_vi import flows
 from pyro_vi.data import data_plate
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU}
@@ -49,24 +57,41 @@ class VAE(nn.Module):
         hidden: tuple[int, ...] = (400,),
         activation: str = "relu",
         likelihood: str = "bernoulli",
+        guide_flow: str | None = None,
+        prior_flow: str | None = None,
+        flow_layers: int = 4,
+        flow_context: int = 32,
     ):
         super().__init__()
         if likelihood not in ("bernoulli", "normal"):
             raise ValueError(f"likelihood {likelihood!r}: use 'bernoulli' or 'normal'")
+        for name, kind in (("guide_flow", guide_flow), ("prior_flow", prior_flow)):
+            if kind not in (None, "nice", "realnvp"):
+                raise ValueError(f"{name}={kind!r} is not known: use None, 'nice' or 'realnvp'")
         self.config = dict(x_dim=x_dim, z_dim=z_dim, hidden=list(hidden), activation=activation,
-                           likelihood=likelihood)  # fmt: skip
+                           likelihood=likelihood, guide_flow=guide_flow, prior_flow=prior_flow,
+                           flow_layers=flow_layers, flow_context=flow_context)  # fmt: skip
         self.x_dim, self.z_dim, self.likelihood = x_dim, z_dim, likelihood
-        self.encoder = mlp([x_dim, *hidden, 2 * z_dim], activation)
+        self.context = flow_context if guide_flow else 0
+        self.encoder = mlp([x_dim, *hidden, 2 * z_dim + self.context], activation)
         self.decoder = mlp([z_dim, *reversed(hidden), x_dim], activation)
         if likelihood == "normal":
             self.x_log_scale = nn.Parameter(torch.zeros(x_dim))
+        self.guide_flow = guide_flow and getattr(flows, f"conditional_{guide_flow}")(
+            z_dim, flow_context, flow_layers
+        )
+        self.prior_flow = prior_flow and getattr(flows, prior_flow)(z_dim, flow_layers)
 
     @classmethod
     def from_data(
-        cls, data, z_dim=20, hidden=(400,), activation="relu", likelihood=None, **_
+        cls, data, z_dim=20, hidden=(400,), activation="relu", likelihood=None, **options
     ) -> VAE:
-        """A VAE sized for ``data`` (a :class:`pyro_vi.data.Dataset`)."""
-        return cls(data.dim, z_dim, tuple(hidden), activation, likelihood or data.likelihood)
+        """A VAE sized for ``data`` (a :class:`pyro_vi.data.Dataset`); ``options`` may set
+        ``guide_flow``, ``prior_flow``, ``flow_layers``, ``flow_context`` (others are ignored)."""
+        keys = ("guide_flow", "prior_flow", "flow_layers", "flow_context")
+        flow_options = {k: options[k] for k in keys if options.get(k) is not None}
+        likelihood = likelihood or data.likelihood
+        return cls(data.dim, z_dim, tuple(hidden), activation, likelihood, **flow_options)
 
     def check(self, x: torch.Tensor) -> None:
         """One-line errors for data this model cannot take."""
@@ -88,22 +113,37 @@ class VAE(nn.Module):
             return dist.Bernoulli(logits=out).to_event(1)
         return dist.Normal(out, self.x_log_scale.exp()).to_event(1)
 
+    def prior(self, n: int, like: torch.Tensor) -> dist.Distribution:
+        """p(z) for ``n`` rows, on the device and dtype of ``like``."""
+        p = dist.Normal(like.new_zeros(n, self.z_dim), 1.0).to_event(1)
+        return p if self.prior_flow is None else dist.TransformedDistribution(p, [self.prior_flow])
+
+    def posterior(self, x: torch.Tensor) -> dist.Distribution:
+        """q(z | x): the encoder's Gaussian, pushed through the guide flow if there is one."""
+        loc, log_var, h = self.encoder(x).split([self.z_dim, self.z_dim, self.context], -1)
+        q = dist.Normal(loc, (0.5 * log_var).exp()).to_event(1)
+        return (
+            q
+            if self.guide_flow is None
+            else dist.TransformedDistribution(q, [self.guide_flow.condition(h)])
+        )
+
     def model(self, x: torch.Tensor, idx: torch.Tensor | None = None, size: int | None = None):
         pyro.module("vae", self)
         with data_plate(x, idx, size):
-            prior = dist.Normal(x.new_zeros(x.shape[0], self.z_dim), 1.0).to_event(1)
-            z = pyro.sample("z", prior)
+            z = pyro.sample("z", self.prior(x.shape[0], x))
             pyro.sample("x", self.likelihood_dist(z), obs=x)
 
     def guide(self, x: torch.Tensor, idx: torch.Tensor | None = None, size: int | None = None):
         pyro.module("vae", self)
         with data_plate(x, idx, size):
-            loc, log_var = self.encoder(x).chunk(2, -1)
-            pyro.sample("z", dist.Normal(loc, (0.5 * log_var).exp()).to_event(1))
+            pyro.sample("z", self.posterior(x))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """The posterior mean of z for each row of x."""
-        return self.encoder(x)[..., : self.z_dim]
+        """A point summary of q(z | x) per row of x: the encoder's mean, through the guide flow
+        if there is one (the posterior mean itself for the plain Gaussian)."""
+        loc, _, h = self.encoder(x).split([self.z_dim, self.z_dim, self.context], -1)
+        return loc if self.guide_flow is None else self.guide_flow.condition(h)(loc)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The mean of p(x | z): pixel probabilities or Gaussian means."""
@@ -113,8 +153,7 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
         """Means of p(x | z) for ``n`` draws z ~ p(z)."""
-        ref = next(self.parameters())
-        return self.decode(torch.randn(n, self.z_dim, device=ref.device, dtype=ref.dtype))
+        return self.decode(self.prior(n, next(self.parameters())).sample())
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

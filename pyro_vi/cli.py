@@ -69,6 +69,12 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--z-dim", type=_positive_int, default=20, help="latent dimension")
     f.add_argument("--hidden", type=_positive_int, nargs="+", default=[400], help="hidden widths")
     f.add_argument("--activation", default="relu", choices=["relu", "tanh", "softplus", "elu"])
+    f.add_argument("--guide-flow", default=None, choices=["nice", "realnvp"],
+                   help="vae: q(z|x) = encoder Gaussian through conditional couplings")  # fmt: skip
+    f.add_argument("--prior-flow", default=None, choices=["nice", "realnvp"],
+                   help="vae: p(z) as N(0, I) through a learned flow")  # fmt: skip
+    f.add_argument("--flow-layers", type=_positive_int, default=None,
+                   help="coupling layers of each flow (default 4)")  # fmt: skip
     f.add_argument("--loss", default="elbo", choices=["elbo", "meanfield", "iwae", "tracegraph"])
     f.add_argument("--num-particles", type=_positive_int, default=1)
     f.add_argument("--anneal-epochs", type=int, default=0, help="epochs of linear KL warm-up")
@@ -103,13 +109,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_applies(model: str, key: str) -> None:
+    """A model-specific flag given for a registered model whose constructor does not take it."""
+    import inspect
+
+    from .models import REGISTRY
+
+    cls = REGISTRY.get(model)
+    if cls is not None and key not in inspect.signature(cls).parameters:
+        flag = "--" + key.replace("_", "-")
+        raise ValueError(f"{flag} does not apply to model {model!r}: drop it")
+
+
 def _fit(a) -> dict:
     from .runs import train_run
 
     model_options = dict(z_dim=a.z_dim, hidden=a.hidden, activation=a.activation)
-    for key in ("likelihood", "task", "quadrants"):  # model options given on the command line
+    model_keys = ("likelihood", "task", "quadrants", "guide_flow", "prior_flow", "flow_layers")
+    for key in model_keys:  # model options given on the command line
         if getattr(a, key) is not None:
             model_options[key] = getattr(a, key)
+            _check_applies(a.model, key)
     fit_options = dict(
         epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, lr_decay=a.lr_decay,
         optimizer=a.optimizer, loss=a.loss, num_particles=a.num_particles,

@@ -414,14 +414,17 @@ class Flow(TransformModule):
 
     :param parts: transforms on vectors, in the order base → data.
     :param dim: the number of features, when known (the builders set it).
+    :param cache_size: 1 makes ``inv(y)`` of the last ``y`` this flow produced return its ``x``
+        without a pass (torch's transform cache); for flows used once after being built, as
+        :meth:`ConditionalFlow.condition` gives, where no parameter update can intervene.
     """
 
     domain = constraints.real_vector
     codomain = constraints.real_vector
     bijective = True
 
-    def __init__(self, parts: Sequence, dim: int | None = None) -> None:
-        super().__init__(cache_size=0)
+    def __init__(self, parts: Sequence, dim: int | None = None, cache_size: int = 0) -> None:
+        super().__init__(cache_size=cache_size)
         self.parts = nn.ModuleList(parts)
         self.dim = dim
         self._memo: tuple | None = None
@@ -471,7 +474,8 @@ class ConditionalFlow(ConditionalTransformModule):
     """A stack of conditional and plain transforms; ``.condition(c)`` gives a :class:`Flow`.
 
     Plain parts (permutations, scalings) are shared by every conditioned flow; conditional parts
-    are conditioned on ``c`` of shape ``(..., context_dim)``, broadcast against the batch.
+    are conditioned on ``c`` of shape ``(..., context_dim)``, broadcast against the batch. The
+    conditioned flow caches its last ``(x, y)``, so a sample is scored without an inverse pass.
 
     :param parts: transforms in the order base → data.
     :param context_dim: the width the context must have.
@@ -496,7 +500,9 @@ class ConditionalFlow(ConditionalTransformModule):
                 f"{self.context_dim}: pass a tensor of shape (..., {self.context_dim})"
             )
         parts = [p.condition(context) if isinstance(p, ConditionalTransform) else p for p in self]
-        return Flow(parts, self.dim)
+        # A conditioned flow lives for one guide call: a sample it drew is scored without the
+        # inverse pass (its base point comes from the cache).
+        return Flow(parts, self.dim, cache_size=1)
 
     def __iter__(self):
         return iter(self.parts)

@@ -256,6 +256,15 @@ def evaluate_run(
     the first ``test_size`` test points is added, its per-datapoint values in ``gaps.json``.
     """
     model_obj, data, config = load_run(run_dir, device)
+    if gaps:  # the local family is the guide's Gaussian: check before the long evaluation
+        from .guides import GuideError, guide_normal_params
+
+        (x,), _ = model_inputs(model_obj, data.test, config["seed"], rows=2)
+        try:
+            guide_normal_params(model_obj.guide, x)
+        except GuideError as e:
+            what = e.args[0].split(":")[0]
+            raise RunError(f"--gaps needs a Gaussian q(z|x) ({what}): drop --gaps") from e
     torch.manual_seed(config["seed"])
     metrics = _evaluate(model_obj, data, iwae_k, seed=config["seed"])
     if gaps:
