@@ -204,7 +204,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--n-test", type=int, default=20000, help="2-D test points")
     p.add_argument("--sets", nargs="*", default=list(TOY_2D), choices=TOY_2D,
                    help="2-D sets (none: skip them)")  # fmt: skip
-    p.add_argument("--skip-fmnist", action="store_true", help="2-D sets only")
+    p.add_argument("--flows", nargs="+", default=["nice", "realnvp"], choices=["nice", "realnvp"],
+                   help="2-D: which flows")  # fmt: skip
+    p.add_argument("--skip-fmnist", action="store_true", help="no Fashion-MNIST bits/dim")
     p.add_argument("--fmnist-epochs", type=int, default=3)
     p.add_argument("--fmnist-layers", type=int, default=6)
     p.add_argument("--fmnist-hidden", type=int, default=256)
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         x_train = toy_2d(name, args.n_train, seed=1000 * args.seed + 2 * s)
         x_test = toy_2d(name, args.n_test, seed=1000 * args.seed + 2 * s + 1)
-        for kind in ("nice", "realnvp"):
+        for kind in args.flows:
             runs = [run_2d(kind, x_train, x_test, args, args.seed + k) for k in range(args.seeds)]
             r = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
             r.update(set=name, flow=kind)
