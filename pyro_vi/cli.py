@@ -88,6 +88,9 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue that run in place (--epochs is the total)")  # fmt: skip
     f.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    f.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the processes torchrun started (on by default when "
+                        "WORLD_SIZE > 1); --batch-size is the global batch")  # fmt: skip
 
     e = sub.add_parser("evaluate", help="ELBO and IWAE log p(x) of a run, as JSON")
     e.add_argument("run_dir")
@@ -121,7 +124,8 @@ def _check_applies(model: str, key: str) -> None:
         raise ValueError(f"{flag} does not apply to model {model!r}: drop it")
 
 
-def _fit(a) -> dict:
+def _fit(a) -> dict | None:
+    from .distributed import launched
     from .runs import train_run
 
     model_options = dict(z_dim=a.z_dim, hidden=a.hidden, activation=a.activation)
@@ -136,8 +140,9 @@ def _fit(a) -> dict:
         anneal_epochs=a.anneal_epochs, early_stopping=a.early_stopping,
         checkpoint_every=a.checkpoint_every,
     )  # fmt: skip
+    fit_options["distributed"] = a.distributed or launched()  # under torchrun: data-parallel
     if a.resume:
-        keep = {"epochs", "checkpoint_every"}  # the rest comes from the run's config
+        keep = {"epochs", "checkpoint_every", "distributed"}  # the rest: the run's config
         return train_run(
             a.model, a.resume, resume=True, iwae_k=a.iwae_k, device=a.device,
             fit_options={k: v for k, v in fit_options.items() if k in keep},
@@ -182,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         if a.command == "fit":
-            out = _fit(a)
-            out = {k: v for k, v in out.items() if k != "history"}
+            out = _fit(a)  # None on the ranks > 0 of a distributed run: they print nothing
+            out = out and {k: v for k, v in out.items() if k != "history"}
         elif a.command == "evaluate":
             from .runs import evaluate_run
 
@@ -198,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pyro-vi: interrupted; the last checkpoint is intact", file=sys.stderr)
         return 130
-    print(json.dumps(out))
+    if out is not None:
+        print(json.dumps(out))
     return 0
 
 

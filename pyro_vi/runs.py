@@ -26,6 +26,7 @@ import torch
 from . import __version__
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import IMAGE_SETS, Dataset, load
+from .distributed import setup as setup_distributed
 from .evaluate import elbo, log_marginal, max_plate_nesting
 from .plots import elbo_curve, image_grid, latent_scatter
 from .training import CHECKPOINT, FitError, _takes_y, check_finite, fit, resolve_device
@@ -119,18 +120,24 @@ def train_run(
     resume: bool = False,
     figures: bool = True,
     argv: list[str] | None = None,
-) -> dict:
+) -> dict | None:
     """Fit registered model ``model_name`` on ``dataset``, evaluate it and write the run directory.
 
     ``binarize="auto"`` binarizes image sets dynamically and leaves other data as they are.
     Everything that can be checked is checked before the directory is created, so bad input
     leaves no files behind. With ``resume=True``, ``out`` is an existing run that goes on in place.
-    Returns the metrics.
+    ``fit_options["distributed"]`` (not stored: it is a property of the launch) trains
+    data-parallel (:mod:`pyro_vi.distributed`); only rank 0 writes and evaluates.
+    Returns the metrics (None on the other ranks).
     """
     out = Path(out)
     fit_options = dict(fit_options or {})
     model_options = dict(model_options or {})
     dev = resolve_device(device)
+    ddp = setup_distributed(dev) if fit_options.pop("distributed", False) else None
+    writer = ddp is None or ddp.is_writer
+    if ddp is not None:
+        dev = ddp.device
     if resume:
         config = read_config(out)
         model_name, dataset, binarize = config["model"], config["dataset"], config["binarize"]
@@ -150,7 +157,9 @@ def train_run(
     pyro.clear_param_store()
     model_obj = build_model(model_name, data, model_options)
     model_obj.check(data.train.x if binarize != "dynamic" else data.train.evaluation_x(seed))
-    if not resume:
+    if ddp is not None:
+        ddp.barrier()  # every rank has checked `out` before rank 0 changes it
+    if not resume and writer:
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
@@ -161,11 +170,16 @@ def train_run(
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
     }  # fmt: skip
-    write_json(config, out / "config.json")
+    if ddp is not None:
+        config["world_size"] = ddp.world_size
+    if writer:
+        write_json(config, out / "config.json")
     result = fit(
         model_obj.model, model_obj.guide, data, seed=seed, device=dev, checkpoint_dir=out,
-        resume=resume, run_info={"model": model_name}, **fit_options,
+        resume=resume, run_info={"model": model_name}, distributed=ddp is not None, **fit_options,
     )  # fmt: skip
+    if not writer:
+        return None
     metrics = _evaluate(model_obj, data, iwae_k, seed=seed)
     metrics.update(epochs=len(result.history), seconds=result.seconds, best_epoch=result.best_epoch,
                    history=result.history)  # fmt: skip

@@ -43,6 +43,7 @@ from pyro.poutine.messenger import Messenger
 
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
 from .data import Dataset, Split
+from .distributed import setup as setup_distributed
 from .evaluate import elbo as elbo_per_datapoint
 from .evaluate import max_plate_nesting as plate_nesting
 
@@ -319,6 +320,7 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 1,
     resume: bool = False,
+    distributed: bool = False,
     run_info: dict | None = None,
     callback: Callable[[dict], None] | None = None,
 ) -> FitResult:
@@ -341,11 +343,17 @@ def fit(
         validate: Pyro's validation on every step (True), never (False) or the first step only.
         checkpoint_dir: write ``checkpoint.pt`` there every ``checkpoint_every`` epochs
             (atomically); with ``resume=True`` continue from it (``epochs`` is the total).
+        distributed: data-parallel over the ranks a launcher (``torchrun``) started, see
+            :mod:`pyro_vi.distributed`: ``batch_size`` is the global batch, each rank fits its
+            slice, gradients are all-reduced, only rank 0 writes checkpoints.
         run_info: extra JSON-able data stored in checkpoints (e.g. the model's config).
         callback: called with each epoch's record.
     """
     _check_options(epochs, batch_size, lr, anneal_start, num_particles)
     device = resolve_device(device)
+    ddp = setup_distributed(device) if distributed else None  # data-parallel: distributed.py
+    if ddp is not None:
+        device = ddp.device
     train, valid_default = _as_split(data, device)
     valid = valid_default if valid is None else _as_split(valid, device)[0]
     check_finite(train, "training")
@@ -377,6 +385,8 @@ def fit(
         lr=lr, lr_decay=lr_decay, anneal_epochs=anneal_epochs, anneal_start=anneal_start,
         seed=seed, device=str(device),
     )  # fmt: skip
+    if ddp is not None:
+        result.config["world_size"] = ddp.world_size
     opts = _Optimizers(optimizer, lr, betas, clip_norm)
     start_epoch, step, best, bad_epochs = 0, 0, None, 0
 
@@ -411,6 +421,10 @@ def fit(
         best = state.get("best")
         bad_epochs = state.get("bad_epochs", 0)
         set_rng_state(state["rng"], gen)
+    if ddp is not None:  # every rank starts from rank 0's parameters
+        first = next(train.batches(min(batch_size, n), shuffle=False))
+        plate_nesting(model, guide, first.x, **kwargs_of(first))  # creates missing params
+        ddp.broadcast_parameters(model, guide)
 
     def save_checkpoint(epoch):
         params = {nm: store.get_param(nm).unconstrained().detach() for nm in opts.names()}
@@ -419,6 +433,9 @@ def fit(
                 f"parameters became NaN/Inf in epoch {epoch}: lower the learning rate; the last "
                 f"good checkpoint ({ckpt_path}) is intact"
             )
+        if ddp is not None and not ddp.is_writer:
+            ddp.barrier()  # returns once rank 0 has written the checkpoint
+            return
         save_atomic(
             dict(
                 params=params, optimizer=opts.state_dict(), epoch=epoch,
@@ -427,8 +444,13 @@ def fit(
             ),
             ckpt_path,
         )  # fmt: skip
+        if ddp is not None:
+            ddp.barrier()
 
     from tqdm.auto import tqdm
+
+    if ddp is not None and not ddp.is_writer:
+        progress = False
 
     bar = tqdm(
         total=epochs, initial=start_epoch, disable=None if progress is None else not progress,
@@ -440,9 +462,13 @@ def fit(
             t0 = time.perf_counter()
             lr_now = lr * lr_decay**epoch
             opts.set_lr(lr_now)
+            if ddp is not None:
+                ddp.seed_epoch(seed, epoch)
             total, beta = 0.0, 1.0
             with cached_modules() if not jit else nullcontext():
                 for batch in train.batches(batch_size, generator=gen):
+                    if ddp is not None:  # this rank's slice of the global batch
+                        batch, weight = ddp.shard(batch)
                     beta = 1.0 if step >= anneal_steps else anneal_start + (
                         1.0 - anneal_start
                     ) * (step / anneal_steps)  # fmt: skip
@@ -455,14 +481,16 @@ def fit(
                             value = loss_t.item()
                         else:
                             value = float(elbo.loss_and_grads(model, guide, batch.x, **kw))
+                    if len(store) != len(opts):
+                        opts.discover()
+                    if ddp is not None:  # gradients and loss of the global batch
+                        value = ddp.all_reduce_gradients(value, weight, opts.groups)
                     if not math.isfinite(value):
                         where = f" ({ckpt_path} is intact)" if ckpt_path else ""
                         raise FitError(
                             f"loss became {value} at epoch {epoch + 1}, step {step + 1}: lower the "
                             f"learning rate or check the model's scales{where}"
                         )
-                    if len(store) != len(opts):
-                        opts.discover()
                     opts.step()
                     total += value
                     step += 1
@@ -474,8 +502,9 @@ def fit(
             if valid is not None:
                 xv = valid.evaluation_x(seed)
                 kv = {"y": valid.y} if pass_y else {}
+                elbo_fn = elbo_per_datapoint if ddp is None else ddp.mean_elbo
                 with torch.no_grad(), cached_modules(), pyro.validation_enabled(False):
-                    v = elbo_per_datapoint(
+                    v = elbo_fn(
                         model, guide, xv, num_particles=valid_particles, nesting=nesting, **kv
                     )
                 record["valid_elbo"] = float(v.mean())
