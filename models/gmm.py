@@ -22,7 +22,9 @@ The data plate ``"data"`` subsamples. Guides (``guide_kind``), all for :func:`py
 - ``"meanfield"``: a mean-field normal guide on the (unconstrained) globals, ``z`` enumerated;
 - ``"score"``: MAP globals and one free categorical :math:`q_i(z)` per datapoint, trained by the
   score-function (REINFORCE) estimator of ``TraceGraph_ELBO``, optionally with a per-datapoint
-  decaying-average baseline (``baseline_beta``);
+  decaying-average baseline (``baseline_beta``); rows without a :math:`q_i` of their own
+  (held-out data such as :func:`pyro_vi.fit`'s validation split) get the optimum of the local
+  family, the posterior under the current globals;
 - ``"amortized"``: MAP globals and :math:`q_\phi(z \mid x)` from a small classifier network,
   the sum over its K values taken exactly (guide-side enumeration).
 
@@ -33,6 +35,7 @@ guide::
     gmm = GMM(n_components=3, covariance="full").fit(x, method="em", seed=0)
     gmm.score(x_test), gmm.predict(x_test), gmm.bic(x_test)
     svi = GMM(n_components=3).fit(x, method="svi", epochs=50, lr=0.05)   # guide "map"
+    svi = GMM(n_components=3).fit(x, method="svi", n_init=3)   # EM's three starts, best kept
     fit(gmm.model, gmm.guide, data, loss=gmm.loss)                      # the plain Pyro pair
 
 Components are sorted by the first coordinate of their means after every fit (label switching).
@@ -50,6 +53,7 @@ from pyro import poutine
 from pyro.infer import TraceEnum_ELBO, TraceGraph_ELBO
 from pyro.infer.autoguide import AutoDelta, AutoNormal, init_to_median, init_to_value
 from pyro.ops.indexing import Vindex
+from pyro.poutine.runtime import get_plates
 from torch import nn
 
 from pyro_vi.data import data_plate
@@ -61,6 +65,15 @@ __all__ = ["GMM", "GMMError", "NotFittedError", "GUIDES", "METHODS"]
 GUIDES = ("map", "meanfield", "score", "amortized")
 METHODS = ("em", "cavi", "svi", *GUIDES)
 GLOBALS = ("weights", "locs", "scales", "corr_chol")
+
+
+def _plate_shape(value: torch.Tensor) -> list[int]:
+    """The batch shape of the enclosing vectorized plates, for ``value`` along the innermost."""
+    frames = [f for f in get_plates() if f.vectorized and f.dim is not None]
+    shape = [1] * max([-f.dim for f in frames] + [value.dim()])
+    for f in frames:
+        shape[f.dim] = f.size
+    return shape
 
 
 class GMMError(ValueError):
@@ -144,15 +157,18 @@ class GMM(nn.Module):
         gmm = cls(int(k), covariance, **{key: opt[key] for key in names if key in opt})
         return gmm.setup(x, seed=seed)
 
-    def setup(self, x: torch.Tensor, seed: int = 0) -> GMM:
+    def setup(
+        self, x: torch.Tensor, seed: int = 0, generator: torch.Generator | None = None
+    ) -> GMM:
         """Fix D, the priors' centre and spread (data mean and std) and the guides' starting
-        point (k-means++ partition of ``x`` with ``seed``); called by :meth:`fit`."""
+        point (k-means++ partition of ``x`` drawn with ``generator``, else with ``seed``: the
+        start of EM's first restart with that seed); called by :meth:`fit`."""
         x = self._as_tensor(x, check_dim=False)
         self._check_k(x)
         self.dim = x.shape[1]
         center = x.mean(0)
         spread = x.std(0).clamp_min(1e-6) if x.shape[0] > 1 else torch.ones_like(x[0])
-        gen = torch.Generator().manual_seed(seed)
+        gen = generator if generator is not None else torch.Generator().manual_seed(seed)
         weights, locs, cov = init_params(x, self.n_components, self.covariance, 1e-6, gen)
         eps = 1e-6
         init = {"weights": weights.clamp_min(eps) / weights.clamp_min(eps).sum(), "locs": locs}
@@ -191,14 +207,13 @@ class GMM(nn.Module):
         """The generative model; ``idx``/``size`` subsample the data plate."""
         if self.center is None:
             raise NotFittedError("the GMM has no data scale yet: call gmm.setup(x) or fit first")
-        k, d = self.n_components, self.dim
-        center, spread = self.center.to(x), self.spread.to(x)
-        weights = pyro.sample("weights", dist.Dirichlet(x.new_full((k,), self.concentration)))
-        with pyro.plate("components", k, device=x.device):
-            locs = pyro.sample("locs", dist.Normal(center, 2.0 * spread).to_event(1))
-            scales = pyro.sample("scales", dist.LogNormal((spread / 2).log(), 1.0).to_event(1))
+        prior = self._priors(x)
+        weights = pyro.sample("weights", prior["weights"])
+        with pyro.plate("components", self.n_components, device=x.device):
+            locs = pyro.sample("locs", prior["locs"])
+            scales = pyro.sample("scales", prior["scales"])
             if self._full:
-                corr = pyro.sample("corr_chol", dist.LKJCholesky(d, self.lkj_concentration))
+                corr = pyro.sample("corr_chol", prior["corr_chol"])
         with data_plate(x, idx, size):
             z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
             # the component axis sits left of the data axis, so that batch axes of the globals
@@ -210,6 +225,33 @@ class GMM(nn.Module):
                 pyro.sample("obs", dist.MultivariateNormal(loc, scale_tril=tril), obs=x)
             else:
                 pyro.sample("obs", dist.Normal(loc, scale).to_event(1), obs=x)
+
+    def _priors(self, like: torch.Tensor) -> dict[str, dist.Distribution]:
+        """The priors of the globals (one component's for locs, scales, corr_chol), on the device
+        and in the dtype of ``like``."""
+        center, spread = self.center.to(like), self.spread.to(like)
+        prior = {
+            "weights": dist.Dirichlet(like.new_full((self.n_components,), self.concentration)),
+            "locs": dist.Normal(center, 2.0 * spread).to_event(1),
+            "scales": dist.LogNormal((spread / 2).log(), 1.0).to_event(1),
+        }
+        if self._full:
+            prior["corr_chol"] = dist.LKJCholesky(self.dim, self.lkj_concentration)
+        return prior
+
+    def objective(self, x: torch.Tensor, values: dict[str, torch.Tensor]) -> float:
+        """The MAP objective per datapoint at global ``values``: the mean log-likelihood of the
+        rows of ``x`` (z summed out) plus ``log p(globals) / N``. For the ``"map"`` guide it is
+        the full-data ELBO that enumeration maximizes, divided by N; :meth:`fit` keeps the SVI
+        restart with the highest value (EM keeps the highest mean log-likelihood)."""
+        with torch.no_grad():
+            values = {key: v.to(x) for key, v in values.items()}
+            loglik = sum(
+                float(torch.logsumexp(self.log_joint(rows, values), -1).sum())
+                for rows in x.split(65536)
+            )
+            prior = sum(float(p.log_prob(values[key]).sum()) for key, p in self._priors(x).items())
+        return (loglik + prior) / x.shape[0]
 
     def guide(self, x: torch.Tensor, idx: torch.Tensor | None = None, size: int | None = None):
         """The guide chosen by ``guide_kind``; train it with ``loss=gmm.loss``."""
@@ -227,6 +269,15 @@ class GMM(nn.Module):
                 logits = self.classifier((x - self.center.to(x)) / self.spread.to(x))
                 pyro.sample("z", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
                 return values
+            store = pyro.get_param_store()
+            if idx is None and "gmm_z_logits" in store:
+                if store.get_param("gmm_z_logits").shape[0] != n:
+                    # Rows without a local factor of their own (held-out data, such as fit's
+                    # validation split): q_i(z) is the optimum of the local family, the posterior
+                    # under the current globals, which fitting a fresh q_i would converge to.
+                    logits = self.log_joint(x, self._map_values())
+                    pyro.sample("z", dist.Categorical(logits=logits))
+                    return values
             rows = idx if idx is not None else torch.arange(n, device=x.device)
             logits = pyro.param("gmm_z_logits", lambda: self._initial_logits(x, n))[rows]
             q = dist.Categorical(logits=logits)
@@ -240,13 +291,21 @@ class GMM(nn.Module):
             old = self.baseline[rows]
             scale = n / rows.shape[0]  # the plate's scale enters Pyro's downstream cost
             value = torch.nan_to_num(old, nan=0.0) * scale
+            value = value.expand(_plate_shape(value))  # vectorized particles: one per particle
             z = pyro.sample("z", q, infer={"baseline": {"baseline_value": value}})
             with torch.no_grad():
-                joint = self.log_joint(x, values)
-                f = joint.gather(-1, z.unsqueeze(-1)).squeeze(-1) - q.log_prob(z)
+                # unbatched globals: under a particle plate ``values`` and z carry particle axes
+                joint = self.log_joint(x, self._map_values())
+                f = joint.expand(*z.shape, -1).gather(-1, z.unsqueeze(-1)).squeeze(-1)
+                f = (f - q.log_prob(z)).reshape(-1, rows.shape[0]).mean(0)  # mean over particles
                 beta = self.baseline_beta
                 self.baseline[rows] = torch.where(old.isnan(), f, beta * old + (1 - beta) * f)
         return values
+
+    def _map_values(self) -> dict[str, torch.Tensor]:
+        """The MAP guide's global values without any particle or plate axes."""
+        names = GLOBALS if self._full else GLOBALS[:3]
+        return {name: getattr(self.map_guide, name) for name in names}
 
     def _initial_logits(self, x: torch.Tensor, n: int) -> torch.Tensor:
         """q_i(z) starts at the posterior under the starting globals (EM's first E-step) when
@@ -303,7 +362,10 @@ class GMM(nn.Module):
         :func:`pyro_vi.fit` with ``epochs``, ``batch_size``, ``lr`` and ``fit_options`` in a
         private Pyro param-store scope (kept in ``param_state_``); the batch size is evened out
         (no small remainder batch) and ``lr_decay`` defaults to a 100-fold decay over the run.
-        ``history_`` holds the per-epoch ELBO per datapoint. ``seed`` fixes every random choice.
+        SVI restarts like EM: ``n_init`` runs, each from the k-means++ start EM's restart of the
+        same ``seed`` uses, and the run with the highest :meth:`objective` at its point estimate
+        is kept (``objective_``; ``restart_objectives_`` lists all). ``history_`` holds the
+        per-epoch ELBO per datapoint. ``seed`` fixes every random choice.
         """
         if method not in METHODS:
             raise GMMError(f"method={method!r} is not known: use one of {METHODS}")
@@ -323,20 +385,31 @@ class GMM(nn.Module):
             self.history_, self.n_iter_, self.converged_ = res.history, res.n_iter, res.converged
             self.lower_bound_, self.result_ = res.mean_loglik, res
         else:
+            if not isinstance(n_init, int) or n_init < 1:
+                raise GMMError(f"n_init={n_init!r}: use a whole number >= 1")
             self.guide_kind = self.config["guide_kind"] = "map" if method == "svi" else method
-            self.setup(x, seed=seed)
             # Equal batches (no small remainder batch with a large N/B scale and noisy step) and,
             # unless asked otherwise, a learning rate decaying 100-fold over the run.
             batch_size = math.ceil(x.shape[0] / math.ceil(x.shape[0] / batch_size))
             fit_options.setdefault("lr_decay", 0.01 ** (1.0 / epochs))
             store = pyro.get_param_store()
-            with store.scope() as state:
-                result = svi_fit(
-                    self.model, self.guide, x, epochs=epochs, batch_size=batch_size, lr=lr,
-                    loss=self.loss, seed=seed, progress=progress, device=x.device, **fit_options,
-                )  # fmt: skip
-                point = self.meanfield_guide if self.guide_kind == "meanfield" else self.map_guide
-                values = {key: v.detach() for key, v in point.median().items()}
+            runs = []
+            for _ in range(n_init):
+                self.setup(x, generator=gen)  # the start of EM's restart with this seed
+                with store.scope() as state:
+                    result = svi_fit(
+                        self.model, self.guide, x, epochs=epochs, batch_size=batch_size, lr=lr,
+                        loss=self.loss, seed=seed, progress=progress, device=x.device,
+                        **fit_options,
+                    )  # fmt: skip
+                    point = self.meanfield_guide if method == "meanfield" else self.map_guide
+                    values = {key: v.detach() for key, v in point.median().items()}
+                parts = {key: getattr(self, key) for key in self._RESTART_STATE}
+                runs.append((self.objective(x, values), state, values, result, parts))
+            self.restart_objectives_ = [run[0] for run in runs]
+            self.objective_, state, values, result, parts = max(runs, key=lambda run: run[0])
+            for key, value in parts.items():
+                setattr(self, key, value)
             self.param_state_ = state
             self.weights_, self.means_, self.covariances_ = self._moments(values)
             if self.covariance == "full" and not self._full:  # D = 1: variances as (K, 1, 1)
@@ -346,6 +419,9 @@ class GMM(nn.Module):
             self.lower_bound_, self.result_ = self.history_[-1], result
         self._canonical_order()
         return self
+
+    # what a restart of the SVI fit builds afresh (setup), kept with the restart that wins
+    _RESTART_STATE = ("map_guide", "meanfield_guide", "classifier", "baseline", "init_logits")
 
     def _canonical_order(self) -> None:
         order = torch.argsort(self.means_[:, 0])

@@ -136,7 +136,8 @@ def kmeans_plusplus(
 
     Each new centre is the best, by total squared distance, of ``n_local_trials`` (default
     ``2 + log k``) candidates drawn with probability proportional to the squared distance to the
-    nearest centre chosen so far. ``generator`` is a CPU generator.
+    nearest centre chosen so far. ``generator`` is a CPU generator; its draws are float64 whatever
+    the dtype of ``x``, so float32 and float64 copies of the same data get the same seeds.
     """
     n = x.shape[0]
     trials = n_local_trials or 2 + int(math.log(k))
@@ -149,12 +150,13 @@ def kmeans_plusplus(
     centers = [x[first]]
     closest = dist2(x[first : first + 1])[:, 0]
     for _ in range(1, k):
-        total = closest.sum()
+        cumulative = closest.double().cumsum(0)
+        total = cumulative[-1]
         if not bool(total > 0):  # every point sits on a centre: pick any
             cand = torch.randint(n, (trials,), generator=generator).to(x.device)
         else:
-            u = torch.rand(trials, generator=generator, dtype=x.dtype).to(x.device) * total
-            cand = torch.searchsorted(closest.cumsum(0), u).clamp_max(n - 1)
+            u = torch.rand(trials, generator=generator, dtype=torch.float64).to(x.device) * total
+            cand = torch.searchsorted(cumulative, u).clamp_max(n - 1)
         new = torch.minimum(closest[:, None], dist2(x[cand]))  # (N, trials)
         best = int(new.sum(0).argmin())
         centers.append(x[cand[best]])
@@ -214,13 +216,19 @@ def init_params(
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Starting point shared by EM and the SVI guides: k-means++ seeds, every point assigned to
-    its nearest seed, that partition's ``(weights, locs, covariances)``."""
+    its nearest seed, that partition's ``(weights, locs, covariances)``.
+
+    The same ``generator`` state gives the same start as a restart of :func:`em` (data centred
+    the same way, float64 draws), so SVI restarts can begin where EM's do.
+    """
     _check(x, k, covariance)
     x = x.to(_work_dtype(x))
+    center = x.mean(0)
+    x = x - center
     nk, locs, cov = _moments(
         x, _hard_resp(x, kmeans_plusplus(x, k, generator)), covariance, reg_covar
     )
-    return nk / nk.sum(), locs, cov
+    return nk / nk.sum(), locs + center, cov
 
 
 def _check(x: torch.Tensor, k: int, covariance: str) -> None:

@@ -13,7 +13,8 @@ from pyro.infer import TraceEnum_ELBO, TraceGraph_ELBO
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 
-from pyro_vi.em import cavi, em, wishart_kl
+from pyro_vi import fit
+from pyro_vi.em import cavi, em, init_params, wishart_kl
 from pyro_vi.models.gmm import GMM, GMMError, NotFittedError
 
 LOCS = torch.tensor([[-4.0, 0.0], [4.0, 0.0], [0.0, 5.0]])
@@ -59,6 +60,41 @@ def test_svi_enumeration_matches_sklearn():
     assert abs(gmm.score(xt) - ref_ll) <= 0.005 * abs(ref_ll)
     assert abs(adjusted_rand_score(zt, gmm.predict(xt)) - ref_ari) <= 0.02
     assert gmm.history_[-1] > gmm.history_[0]
+
+
+def grid(n: int, seed: int = 0):
+    """Six unit-variance 2-D clusters on a 3 x 2 grid of spacing 5; train and test."""
+    g = torch.Generator().manual_seed(seed)
+    locs = torch.tensor([[5.0 * i, 5.0 * j] for i in range(3) for j in range(2)])
+    z = torch.randint(6, (2 * n,), generator=g)
+    x = (locs[z] + torch.randn(2 * n, 2, generator=g)).double()
+    return x[:n], z[:n], x[n:], z[n:]
+
+
+def test_svi_restarts_start_where_em_does_and_keep_the_best():
+    """With seed 0 the first k-means++ start merges two clusters (the first restart's objective
+    is the lowest); SVI's n_init restarts begin at EM's starts (float32 data give the float64
+    starts), keep the best objective and reach EM's optimum."""
+    x, _, xt, zt = grid(300)
+    starts = [init_params(x, 6, generator=torch.Generator().manual_seed(0)) for _ in range(2)]
+    starts[1] = init_params(x.float(), 6, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(starts[1][1].double(), starts[0][1], rtol=0, atol=1e-5)
+    ref = GMM(6).fit(x, method="em", seed=0, n_init=3)
+    svi = GMM(6).fit(x.float(), method="svi", seed=0, n_init=3, epochs=60, batch_size=300, lr=0.05)
+    assert svi.objective_ == max(svi.restart_objectives_) > svi.restart_objectives_[0]
+    assert abs(svi.score(xt) - ref.score(xt)) <= 0.005 * abs(ref.score(xt))
+    ref_ari = adjusted_rand_score(zt, ref.predict(xt))
+    assert abs(adjusted_rand_score(zt, svi.predict(xt)) - ref_ari) <= 0.02
+
+
+def test_objective_is_the_enumerated_elbo_of_the_map_guide():
+    """GMM.objective (restart selection) is -TraceEnum_ELBO / N of the MAP guide, prior included."""
+    pyro.clear_param_store()
+    x = tiny(40)
+    gmm = GMM(2).setup(x)
+    loss = TraceEnum_ELBO(max_plate_nesting=1).loss(gmm.model, gmm.guide, x)
+    values = {key: v.detach() for key, v in gmm.map_guide.median().items()}
+    assert gmm.objective(x, values) == pytest.approx(-loss / len(x), rel=1e-6)
 
 
 def test_cavi_elbo_never_decreases_and_agrees_with_em():
@@ -155,6 +191,27 @@ def test_score_function_local_guide_converges():
         exact = -TraceEnum_ELBO(max_plate_nesting=1).loss(gmm.model, gmm.guide, x) / len(x)
     assert np.mean(gmm.history_[-10:]) > exact - 0.05
     assert adjusted_rand_score(z, gmm.predict(x)) > 0.95
+
+
+@pytest.mark.parametrize("particles", [1, 3])
+def test_score_guide_with_validation_under_the_particle_plate(particles):
+    """Regression: fit(..., valid=...) with the score guide evaluates held-out rows under the
+    validation's particle plate. Those rows have no q_i of their own and get the posterior under
+    the current globals, so their ELBO is the enumerated one (no Monte-Carlo error); validation
+    neither resizes nor resets the training rows' baselines. Training with vectorized particles
+    gets one baseline value per particle."""
+    x, _, xv, _ = separated(120, dtype=torch.float32)
+    xv = xv[:50]
+    pyro.clear_param_store()
+    gmm = GMM(3, guide_kind="score").setup(x)
+    loss = TraceGraph_ELBO(num_particles=particles, vectorize_particles=True, max_plate_nesting=1)
+    result = fit(gmm.model, gmm.guide, x, valid=xv, loss=loss, epochs=2, batch_size=60,
+                 lr=0.05, valid_particles=particles, device="cpu", progress=False)  # fmt: skip
+    assert gmm.baseline.shape == (120,) and bool(torch.isfinite(gmm.baseline).all())
+    assert pyro.param("gmm_z_logits").shape == (120, 3)
+    gmm.guide_kind = "map"  # same globals, z summed out
+    exact = -TraceEnum_ELBO(max_plate_nesting=1).loss(gmm.model, gmm.guide, xv) / len(xv)
+    assert result.history[-1]["valid_elbo"] == pytest.approx(exact, rel=1e-5)
 
 
 def test_api_shapes_and_sampling():
