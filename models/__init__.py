@@ -9,8 +9,10 @@ data it cannot take) and the methods ``model`` and ``guide``.
 from .cvae import CVAE
 from .flow_density import FlowDensity
 from .gmm import GMM
+from .mdn import MDN
 from .vae import VAE
 
-REGISTRY = {"vae": VAE, "cvae": CVAE}  # CLI names; GMM is fitted through its own estimator
+# CLI names; GMM is fitted through its own estimator
+REGISTRY = {"vae": VAE, "cvae": CVAE, "mdn": MDN}
 
-__all__ = ["REGISTRY", "VAE", "CVAE", "GMM", "FlowDensity"]
+__all__ = ["REGISTRY", "VAE", "CVAE", "GMM", "FlowDensity", "MDN"]

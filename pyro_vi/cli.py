@@ -75,7 +75,14 @@ def parser() -> argparse.ArgumentParser:
                    help="vae: p(z) as N(0, I) through a learned flow")  # fmt: skip
     f.add_argument("--flow-layers", type=_positive_int, default=None,
                    help="coupling layers of each flow (default 4)")  # fmt: skip
-    f.add_argument("--loss", default="elbo", choices=["elbo", "meanfield", "iwae", "tracegraph"])
+    f.add_argument("--components", type=int, default=None,
+                   help="mdn: mixture components K (1: the unimodal Gaussian network)")  # fmt: skip
+    f.add_argument("--mode", default=None, choices=["enum", "map"],
+                   help="mdn: z summed out exactly (use --loss enum) or hard EM")  # fmt: skip
+    f.add_argument("--y-dim", type=_positive_int, default=None,
+                   help="mdn: the last Y_DIM columns of a row are y (default 1)")  # fmt: skip
+    f.add_argument("--loss", default="elbo",
+                   choices=["elbo", "meanfield", "iwae", "tracegraph", "enum"])  # fmt: skip
     f.add_argument("--num-particles", type=_positive_int, default=1)
     f.add_argument("--anneal-epochs", type=int, default=0, help="epochs of linear KL warm-up")
     f.add_argument("--early-stopping", type=_positive_int, default=None, help="patience (epochs)")
@@ -130,6 +137,7 @@ def _fit(a) -> dict | None:
 
     model_options = dict(z_dim=a.z_dim, hidden=a.hidden, activation=a.activation)
     model_keys = ("likelihood", "task", "quadrants", "guide_flow", "prior_flow", "flow_layers")
+    model_keys += ("components", "mode", "y_dim")
     for key in model_keys:  # model options given on the command line
         if getattr(a, key) is not None:
             model_options[key] = getattr(a, key)

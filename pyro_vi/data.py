@@ -32,7 +32,8 @@ import torch
 
 __all__ = ["Batch", "Dataset", "Split", "DataError", "load", "data_plate", "NAMES"]
 
-NAMES = ("digits", "fashion-mnist", "mnist", "gmm", "gaussian2d", "moons")
+NAMES = ("digits", "fashion-mnist", "mnist", "gmm", "gaussian2d", "moons", "inverse-sine",
+         "iris-petal")  # fmt: skip
 IMAGE_SETS = ("digits", "fashion-mnist", "mnist")
 FILE_SUFFIXES = (".npy", ".csv", ".txt")
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -180,12 +181,15 @@ def load(
         "gmm": _gmm,
         "gaussian2d": _gaussian2d,
         "moons": _moons,
+        "inverse-sine": _inverse_sine,
+        "iris-petal": _iris_petal,
     }
     rng = np.random.default_rng(seed)
     if name.endswith(FILE_SUFFIXES):
         (xtr, ytr), (xte, yte), shape, info = _file(name, rng)
     elif name in loaders:
-        kw = {"n": n} if name in ("gmm", "gaussian2d", "moons") else {"root": root}
+        synthetic = ("gmm", "gaussian2d", "moons", "inverse-sine")
+        kw = {"n": n} if name in synthetic else {"root": root}
         (xtr, ytr), (xte, yte), shape, info = loaders[name](rng=rng, **kw)
     else:
         raise DataError(
@@ -327,6 +331,30 @@ def _moons(rng, n=None):
     n = n or 4000
     x, y = make_moons(n + n // 5, noise=0.05, random_state=int(rng.integers(2**31)))
     return (x[:n], y[:n]), (x[n:], y[n:]), (2,), {}
+
+
+def _inverse_sine(rng, n=None):
+    """Bishop (1994)'s inverse problem: y ~ U(0, 1), x = y + 0.3 sin(2 pi y) + U(-0.1, 0.1).
+
+    Rows are [x, y] and the task is p(y | x): three-valued for x in about (0.41, 0.59)."""
+    n = n or 2000
+    y = rng.uniform(0.0, 1.0, n + n // 5)
+    x = y + 0.3 * np.sin(2 * np.pi * y) + rng.uniform(-0.1, 0.1, len(y))
+    rows = np.stack([x, y], 1)
+    info = {"x_dim": 1, "y_dim": 1, "noise": "uniform(-0.1, 0.1)"}
+    return (rows[:n], None), (rows[n:], None), (2,), info
+
+
+def _iris_petal(rng, root=None):
+    """scikit-learn's iris, rows [sepal width, petal length] (cm) and the species as labels:
+    p(petal length | sepal width) is bimodal (setosa about 1.5, the others 3-7); 30 test rows."""
+    from sklearn.datasets import load_iris
+
+    d = load_iris()
+    perm = rng.permutation(len(d.data))
+    rows, species = d.data[perm][:, [1, 2]], d.target[perm]
+    info = {"x_dim": 1, "y_dim": 1, "columns": ["sepal width (cm)", "petal length (cm)"]}
+    return (rows[30:], species[30:]), (rows[:30], species[:30]), (2,), info
 
 
 def _gen_device(generator: torch.Generator | None, x: torch.Tensor) -> torch.device:
