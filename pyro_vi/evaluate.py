@@ -12,7 +12,10 @@ and tends to :math:`\log p(x_i)` as K grows. Particles run vectorized in an oute
 whose size bounds memory. Log densities are unscaled: subsampling scales do not enter per-datapoint
 values. Sites outside the ``"data"`` plate (global latents) add ``term / N`` to every datapoint in
 :func:`elbo`, so the vector sums to the full-data ELBO; :func:`log_marginal` needs all latents in
-the plate. Example::
+the plate. Discrete model sites marked ``infer={"enumerate": "parallel"}`` that the guide does not
+sample (one value per datapoint, in the ``"data"`` plate) are summed out exactly, as
+``TraceEnum_ELBO`` does: :math:`\log w_i` then holds :math:`\log \sum_{z_i} p(x_i, z_i, \dots)`.
+Example::
 
     lw = log_marginal(vae.model, vae.guide, x_test, num_samples=5000)   # shape (N,)
     print(lw.mean(), elbo(vae.model, vae.guide, x_test).mean())
@@ -64,8 +67,12 @@ def log_weights(
     device = next((a.device for a in args if torch.is_tensor(a)), None)
     with pyro.plate(_PARTICLES, num_particles, dim=dim, device=device):
         gt = poutine.trace(guide).get_trace(*args, **kwargs)
-        mt = poutine.trace(poutine.replay(model, trace=gt)).get_trace(*args, **kwargs)
-    local, global_ = 0.0, 0.0
+        # model sites marked for parallel enumeration that the guide does not sample are summed
+        # out exactly, as TraceEnum_ELBO does (dims left of the particle plate)
+        enum_model = poutine.enum(poutine.replay(model, trace=gt), first_available_dim=dim - 1)
+        mt = poutine.trace(enum_model).get_trace(*args, **kwargs)
+    enumerated = _enumerated_dims(mt, nesting)
+    local, global_, joint = 0.0, 0.0, 0.0
     for sign, tr in ((1.0, mt), (-1.0, gt)):
         for name, site in tr.nodes.items():
             if site["type"] != "sample" or name == _PARTICLES:
@@ -73,15 +80,24 @@ def log_weights(
             lp = site["fn"].log_prob(site["value"])
             if site.get("mask") is not None:
                 lp = lp * site["mask"]
-            lp = lp.reshape((1,) * (nesting + 1 - lp.dim()) + lp.shape)
+            width = nesting + 1 + enumerated
+            lp = lp.reshape((1,) * (width - lp.dim()) + lp.shape)
             frame = next((f for f in site["cond_indep_stack"] if f.name == "data"), None)
-            keep = [nesting + 1 + dim] + ([] if frame is None else [nesting + 1 + frame.dim])
+            keep = list(range(enumerated)) + [width + dim]
+            keep += [] if frame is None else [width + frame.dim]
             drop = [d for d in range(lp.dim()) if d not in keep]
-            lp = lp.sum(drop) if drop else lp
+            lp = lp.sum(drop, keepdim=True) if drop else lp
+            if enumerated and any(lp.shape[d] > 1 for d in range(enumerated)):
+                joint = joint + lp  # depends on an enumerated value: summed out below
+                continue
+            lp = lp.reshape(lp.shape[enumerated:]).squeeze(tuple(range(1, nesting + 1)))
             if frame is None:
                 global_ = global_ + sign * lp.reshape(-1)
             else:
                 local = local + sign * lp.reshape(lp.shape[0], -1)
+    if torch.is_tensor(joint):  # log sum_z p(x_i, z_i | ...) per particle and datapoint
+        joint = torch.logsumexp(joint.reshape(-1, *joint.shape[enumerated:]), 0)
+        local = local + joint.reshape(joint.shape[0], -1)
     if not torch.is_tensor(local):
         raise EvaluationError(
             "no sample site lives in a plate named 'data': put the local latents and the "
@@ -89,6 +105,24 @@ def log_weights(
         )
     global_ = global_ if torch.is_tensor(global_) else local.new_zeros(local.shape[0])
     return local.expand(num_particles, -1), global_.expand(num_particles)
+
+
+def _enumerated_dims(trace, nesting: int) -> int:
+    """How many enumeration dims the model trace has; each enumerated site must be local to the
+    ``"data"`` plate (one discrete value per datapoint and particle), the case summed out here."""
+    count = 0
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site["infer"].get("_enumerate_dim") is None:
+            continue
+        plates = {f.name for f in site["cond_indep_stack"] if f.vectorized} - {_PARTICLES}
+        if plates != {"data"}:
+            raise EvaluationError(
+                f"enumerated site {name!r} lives in plates {sorted(plates)}: per-datapoint "
+                "evaluation sums out discrete latents with one value per datapoint (plate "
+                "'data' only); sample it in the guide instead"
+            )
+        count += 1
+    return count
 
 
 def _chunks(total: int, size: int):

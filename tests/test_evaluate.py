@@ -119,3 +119,38 @@ def test_model_without_data_plate_is_refused():
 
     with pytest.raises(EvaluationError, match="plate named 'data'"):
         elbo(model, lambda x: None, torch.zeros(3))
+
+
+def _mixture(x, idx=None, size=None):
+    """Two unit Gaussians at -1 and 2 with weights 0.3 / 0.7; z enumerated in the model."""
+    locs = x.new_tensor([-1.0, 2.0])
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample(
+            "z", dist.Categorical(x.new_tensor([0.3, 0.7])), infer={"enumerate": "parallel"}
+        )
+        pyro.sample("x", dist.Normal(locs[z], 1.0), obs=x)
+
+
+def test_enumerated_model_sites_are_summed_out_exactly():
+    x = torch.linspace(-3, 4, 9)
+    exact = torch.logsumexp(
+        torch.tensor([0.3, 0.7]).log()
+        + dist.Normal(torch.tensor([-1.0, 2.0]), 1.0).log_prob(x[:, None]),
+        -1,
+    )
+    empty_guide = lambda x: None  # noqa: E731
+    torch.testing.assert_close(elbo(_mixture, empty_guide, x, num_particles=3), exact)
+    torch.testing.assert_close(log_marginal(_mixture, empty_guide, x, num_samples=3), exact)
+    # the same value as the loss TraceEnum_ELBO trains on
+    loss = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1).loss(_mixture, empty_guide, x)
+    assert elbo(_mixture, empty_guide, x).sum().item() == pytest.approx(-loss, rel=1e-6)
+
+
+def test_enumerated_site_outside_the_data_plate_is_refused():
+    def model(x):
+        with pyro.plate("data", x.shape[0]), pyro.plate("pixels", 2, dim=-2):
+            pyro.sample("z", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    with pytest.raises(EvaluationError, match="enumerated site 'z' lives in plates"):
+        elbo(model, lambda x: None, torch.zeros(3))
