@@ -240,10 +240,19 @@ def main(argv: list[str] | None = None) -> dict:
         x_train = toy_2d(name, args.n_train, seed=1000 * args.seed + 2 * s)
         x_test = toy_2d(name, args.n_test, seed=1000 * args.seed + 2 * s + 1)
         for kind in args.flows:
-            runs = [run_2d(kind, x_train, x_test, args, args.seed + k) for k in range(args.seeds)]
+            runs = []
+            for k in range(args.seeds):
+                runs.append(run_2d(kind, x_train, x_test, args, args.seed + k))
+                if args.seeds > 1:
+                    g = runs[-1]["nll_ours"] - runs[-1]["nll_zuko"]
+                    print(f"#   {name} {kind} seed {args.seed + k}: gap {g:+.4f}", flush=True)
             r = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
             r.update(set=name, flow=kind)
             rows.append(r)
+            if args.seeds > 1:  # the paired per-seed gaps: their mean and its standard error
+                gaps = [run["nll_ours"] - run["nll_zuko"] for run in runs]
+                se = statistics.stdev(gaps) / math.sqrt(len(gaps))
+                print(f"#   {name} {kind}: mean paired gap {statistics.mean(gaps):+.4f} ± {se:.4f}")
             print(
                 f"| {name} | {kind} | {r['nll_ours']:.4f} | {r['nll_zuko']:.4f} | "
                 f"{r['nll_ours'] - r['nll_zuko']:+.4f} | {r['sec_ours']:.3f} | "
