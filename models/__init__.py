@@ -10,9 +10,10 @@ from .cvae import CVAE
 from .flow_density import FlowDensity
 from .gmm import GMM
 from .mdn import MDN
+from .text_vae import LanguageModel, TextVAE
 from .vae import VAE
 
 # CLI names; GMM is fitted through its own estimator
-REGISTRY = {"vae": VAE, "cvae": CVAE, "mdn": MDN}
+REGISTRY = {"vae": VAE, "cvae": CVAE, "mdn": MDN, "text-vae": TextVAE, "text-lm": LanguageModel}
 
-__all__ = ["REGISTRY", "VAE", "CVAE", "GMM", "FlowDensity", "MDN"]
+__all__ = ["REGISTRY", "VAE", "CVAE", "GMM", "FlowDensity", "MDN", "TextVAE", "LanguageModel"]

@@ -61,6 +61,16 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--task", default=None, choices=["quadrant", "label"], help="cvae task")
     f.add_argument("--quadrants", type=int, default=None, choices=[1, 2, 3],
                    help="cvae: visible quadrants")  # fmt: skip
+    f.add_argument("--corpus", default=None, metavar="wordnet|PATH",
+                   help="text-vae, text-lm: WordNet's example sentences or a file with one "
+                        "sentence per line (instead of --dataset)")  # fmt: skip
+    f.add_argument("--vocab-size", type=_positive_int, default=10000,
+                   help="corpus: vocabulary incl. <pad> <unk> <bos> <eos>")  # fmt: skip
+    f.add_argument("--max-len", type=_positive_int, default=20,
+                   help="corpus: longer sentences are dropped")  # fmt: skip
+    f.add_argument("--embed-dim", type=_positive_int, default=None, help="text: embedding width")
+    f.add_argument("--word-dropout", type=float, default=None,
+                   help="text-vae: decoder inputs become <unk> with this probability")  # fmt: skip
     f.add_argument("--epochs", type=_positive_int, default=50, help="total epochs")
     f.add_argument("--batch-size", type=_positive_int, default=128)
     f.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate")
@@ -137,6 +147,7 @@ def _fit(a) -> dict | None:
 
     model_options = dict(z_dim=a.z_dim, hidden=a.hidden, activation=a.activation)
     model_keys = ("likelihood", "task", "quadrants", "guide_flow", "prior_flow", "flow_layers")
+    model_keys += ("embed_dim", "word_dropout")
     model_keys += ("components", "mode", "y_dim")
     for key in model_keys:  # model options given on the command line
         if getattr(a, key) is not None:
@@ -156,10 +167,15 @@ def _fit(a) -> dict | None:
             fit_options={k: v for k, v in fit_options.items() if k in keep},
             figures=not a.no_figures, argv=sys.argv,
         )  # fmt: skip
-    out = a.out or f"runs/{a.model}-{a.dataset}"
+    dataset, data_options = a.dataset, {}
+    if a.corpus is not None:  # sentences: token ids with a capped vocabulary
+        dataset = a.corpus
+        data_options = dict(text=True, vocab_size=a.vocab_size, max_len=a.max_len)
+    out = a.out or f"runs/{a.model}-{Path(dataset).stem}"
     return train_run(
-        a.model, out, dataset=a.dataset, binarize=None if a.binarize == "none" else a.binarize,
-        model_options=model_options, fit_options=fit_options, seed=a.seed, device=a.device,
+        a.model, out, dataset=dataset, binarize=None if a.binarize == "none" else a.binarize,
+        model_options=model_options, fit_options=fit_options, data_options=data_options,
+        seed=a.seed, device=a.device,
         iwae_k=a.iwae_k, overwrite=a.overwrite, figures=not a.no_figures, argv=sys.argv,
     )  # fmt: skip
 
@@ -172,6 +188,12 @@ def _sample(a) -> dict:
 
     model_obj, data, _ = load_run(a.run_dir, a.device)
     torch.manual_seed(a.seed)
+    if hasattr(model_obj, "sample_text"):  # sentences: printed, one per line, and kept
+        lines = model_obj.sample_text(a.n, data)
+        txt = Path(a.out or Path(a.run_dir) / f"samples-{a.n}.txt")
+        txt.write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return {"samples": a.n, "txt": str(txt)}
     out = Path(a.out or Path(a.run_dir) / f"samples-{a.n}.png")
     if hasattr(model_obj, "sample_grid"):  # e.g. several completions per input
         images, nrow = model_obj.sample_grid(a.n, data)

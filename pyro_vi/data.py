@@ -32,8 +32,8 @@ import torch
 
 __all__ = ["Batch", "Dataset", "Split", "DataError", "load", "data_plate", "NAMES"]
 
-NAMES = ("digits", "fashion-mnist", "mnist", "gmm", "gaussian2d", "moons", "inverse-sine",
-         "iris-petal")  # fmt: skip
+NAMES = ("digits", "fashion-mnist", "mnist", "gmm", "gaussian2d", "moons", "wordnet",
+         "inverse-sine", "iris-petal")  # fmt: skip
 IMAGE_SETS = ("digits", "fashion-mnist", "mnist")
 FILE_SUFFIXES = (".npy", ".csv", ".txt")
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -165,15 +165,28 @@ def load(
     root: str | os.PathLike | None = None,
     n: int | None = None,
     dtype: torch.dtype = torch.float32,
+    text: bool = False,
+    vocab_size: int = 10000,
+    max_len: int = 20,
 ) -> Dataset:
     """Load data set ``name`` (one of :data:`NAMES`) as device-resident splits.
 
     Images scale to [0, 1] and flatten to rows. ``binarize`` is None, ``"static"`` or
     ``"dynamic"``; the static draw, the validation split and synthetic draws use ``seed``.
     ``n`` sets the number of points of synthetic sets. ``root`` is torchvision's data folder.
+    Sentences (``"wordnet"``, or a file with one sentence per line and ``text=True``) become
+    padded token ids with a vocabulary of ``vocab_size`` and at most ``max_len`` words
+    (:mod:`pyro_vi.corpus`; ``root`` is WordNet's folder).
     """
     if binarize not in (None, "static", "dynamic"):
         raise DataError(f"binarize={binarize!r} is not known: use None, 'static' or 'dynamic'")
+    if name == "wordnet" or text:
+        from .corpus import load_corpus  # token ids, not float rows
+
+        if binarize is not None:
+            raise DataError(f"{name}: sentences cannot be binarized; drop binarize")
+        return load_corpus(name, vocab_size=vocab_size, max_len=max_len, seed=seed,
+                           valid_fraction=valid_fraction, root=root, device=device)  # fmt: skip
     loaders = {
         "digits": _digits,
         "fashion-mnist": _fashion_mnist,

@@ -89,16 +89,31 @@ def model_inputs(model_obj, split, seed: int = 0, rows: int | None = None):
     return (x,), kw
 
 
+def _per_datapoint(fn, model_obj, args, kw, **options) -> torch.Tensor:
+    """``fn`` (elbo or log_marginal) of the model/guide pair per datapoint; in blocks when the
+    model has ``eval_block`` = (rows per call, particles per chunk), e.g. sentences (a softmax
+    over the vocabulary per word), all rows at once otherwise."""
+    rows, chunk = getattr(model_obj, "eval_block", (None, None))
+    n = len(args[0])
+    rows = rows or n
+    parts = [
+        fn(model_obj.model, model_obj.guide, *(a[i : i + rows] for a in args), chunk_size=chunk,
+           **{k: v[i : i + rows] for k, v in kw.items()}, **options)
+        for i in range(0, n, rows)
+    ]  # fmt: skip
+    return torch.cat(parts)
+
+
 def _evaluate(model_obj, data: Dataset, iwae_k: int, particles: int = 10, seed: int = 0) -> dict:
     out = {}
-    m, g = model_obj.model, model_obj.guide
     with torch.no_grad():
         for split in ("train", "valid", "test"):
             args, kw = model_inputs(model_obj, getattr(data, split), seed)
-            out[f"{split}_elbo"] = float(elbo(m, g, *args, num_particles=particles, **kw).mean())
+            v = _per_datapoint(elbo, model_obj, args, kw, num_particles=particles)
+            out[f"{split}_elbo"] = float(v.mean())
         if iwae_k:
             args, kw = model_inputs(model_obj, data.test, seed)
-            lm = log_marginal(m, g, *args, num_samples=iwae_k, **kw)
+            lm = _per_datapoint(log_marginal, model_obj, args, kw, num_samples=iwae_k)
             out["test_log_px"] = float(lm.mean())
             out["test_nll"] = -out["test_log_px"]
             out["iwae_k"] = iwae_k
@@ -113,6 +128,7 @@ def train_run(
     binarize: str | None = "auto",
     model_options: dict | None = None,
     fit_options: dict | None = None,
+    data_options: dict | None = None,
     seed: int = 0,
     device: str = "auto",
     iwae_k: int = 1000,
@@ -128,11 +144,13 @@ def train_run(
     leaves no files behind. With ``resume=True``, ``out`` is an existing run that goes on in place.
     ``fit_options["distributed"]`` (not stored: it is a property of the launch) trains
     data-parallel (:mod:`pyro_vi.distributed`); only rank 0 writes and evaluates.
-    Returns the metrics (None on the other ranks).
+    Returns the metrics (None on the other ranks). ``data_options`` go to
+    :func:`pyro_vi.data.load` (e.g. ``text``, ``vocab_size``, ``max_len`` of a corpus).
     """
     out = Path(out)
     fit_options = dict(fit_options or {})
     model_options = dict(model_options or {})
+    data_options = dict(data_options or {})
     dev = resolve_device(device)
     ddp = setup_distributed(dev) if fit_options.pop("distributed", False) else None
     writer = ddp is None or ddp.is_writer
@@ -142,6 +160,7 @@ def train_run(
         config = read_config(out)
         model_name, dataset, binarize = config["model"], config["dataset"], config["binarize"]
         seed, model_options = config["seed"], config["model_options"]
+        data_options = config.get("data_options", {})
         fit_options = {**config["fit_options"], **fit_options}
         load_checkpoint(out / CHECKPOINT)  # fails early on a corrupt checkpoint
     elif out.exists() and any(out.iterdir()) and not overwrite:
@@ -151,7 +170,7 @@ def train_run(
     if binarize == "auto":
         binarize = "dynamic" if dataset in IMAGE_SETS else None
     pyro.set_rng_seed(seed)
-    data = load(dataset, binarize=binarize, seed=seed, device=dev)
+    data = load(dataset, binarize=binarize, seed=seed, device=dev, **data_options)
     for split in ("train", "valid", "test"):
         check_finite(getattr(data, split), split)
     pyro.clear_param_store()
@@ -166,7 +185,8 @@ def train_run(
     config = {
         "model": model_name, "dataset": dataset, "binarize": binarize, "seed": seed,
         "model_options": model_options, "model_config": model_obj.config,
-        "fit_options": fit_options, "device": str(dev), "argv": argv or sys.argv,
+        "data_options": data_options, "fit_options": fit_options, "device": str(dev),
+        "argv": argv or sys.argv,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
     }  # fmt: skip
@@ -240,7 +260,8 @@ def load_run(run_dir: str | os.PathLike, device: str = "auto"):
     if config["model"] not in registry:
         raise RunError(f"{run_dir} holds model {config['model']!r}, unknown to this pyro-vi")
     state = load_checkpoint(run_dir / CHECKPOINT, map_location=dev)
-    data = load(config["dataset"], binarize=config["binarize"], seed=config["seed"], device=dev)
+    data = load(config["dataset"], binarize=config["binarize"], seed=config["seed"], device=dev,
+                **config.get("data_options", {}))  # fmt: skip
     pyro.clear_param_store()
     model_obj = registry[config["model"]](**config["model_config"]).to(dev)
     args, kw = model_inputs(model_obj, data.test, config["seed"], rows=2)
