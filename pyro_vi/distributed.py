@@ -84,7 +84,7 @@ import torch
 import torch.distributed as dist
 
 from .data import Batch
-from .evaluate import log_weights
+from .evaluate import _auto_chunk, _chunks, log_weights
 
 __all__ = ["DataParallel", "DistributedError", "REQUIRED_ENV", "launched", "setup"]
 
@@ -388,9 +388,7 @@ class DataParallel:
         if stop > start:
             xs = x[start:stop]
             kw = {k: v[start:stop] for k, v in kwargs.items()}
-            chunk = max(1, min(num_particles, 2**23 // max(xs.numel(), 1)))
-            for first in range(0, num_particles, chunk):
-                k = min(chunk, num_particles - first)
+            for k in _chunks(num_particles, _auto_chunk((xs,), num_particles)):
                 local, global_ = log_weights(model, guide, xs, num_particles=k, nesting=nesting,
                                              **kw)  # fmt: skip
                 local_sum += float(local.sum())
