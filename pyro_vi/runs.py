@@ -202,6 +202,7 @@ def train_run(
         return None
     metrics = _evaluate(model_obj, data, iwae_k, seed=seed)
     metrics.update(epochs=len(result.history), seconds=result.seconds, best_epoch=result.best_epoch,
+                   step=result.step,
                    history=result.history)  # fmt: skip
     write_json(metrics, out / "metrics.json")
     if figures:

@@ -21,8 +21,10 @@ the objective is :math:`\mathbb E_q[\log p(x \mid z)] - \beta_t\,\mathrm{KL}`.
 
 Per-step overhead is kept low by general means: Pyro's validation runs on the first step only
 (``validate="first"``), ``pyro.module`` registrations are cached after the first step (the module's
-parameters are verified to be the param store's own), one optimizer steps all parameters, and the
-data stay on the device.
+parameters are verified to be the param store's own), one optimizer steps all parameters, the
+data stay on the device, and from the second step on each step is replayed from a graph of its
+loss and gradients captured once per batch shape (:mod:`pyro_vi.capture`; ``capture=False``
+keeps every step eager, ``FitResult.step`` tells which ran).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import pyro.primitives
 import torch
 from pyro.poutine.messenger import Messenger
 
+from .capture import CapturedStep
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
 from .data import Dataset, Split
 from .distributed import setup as setup_distributed
@@ -66,6 +69,8 @@ class FitResult:
     seconds: float = 0.0
     best_epoch: int | None = None
     stopped_early: bool = False
+    #: how steps ran: "captured (torchscript)", "captured (fx)" or "eager (reason)"
+    step: str = "eager"
     device: str = "cpu"
     config: dict = field(default_factory=dict)
 
@@ -321,6 +326,7 @@ def fit(
     checkpoint_every: int = 1,
     resume: bool = False,
     distributed: bool = False,
+    capture: bool = True,
     run_info: dict | None = None,
     callback: Callable[[dict], None] | None = None,
 ) -> FitResult:
@@ -346,6 +352,9 @@ def fit(
         distributed: data-parallel over the ranks a launcher (``torchrun``) started, see
             :mod:`pyro_vi.distributed`: ``batch_size`` is the global batch, each rank fits its
             slice, gradients are all-reduced, only rank 0 writes checkpoints.
+        capture: replay each step from a graph captured once per batch shape (see
+            :mod:`pyro_vi.capture`) where the objective allows it; ``FitResult.step`` says which
+            ran ("captured (torchscript)", "captured (fx)" or "eager (reason)").
         run_info: extra JSON-able data stored in checkpoints (e.g. the model's config).
         callback: called with each epoch's record.
     """
@@ -388,6 +397,11 @@ def fit(
     if ddp is not None:
         result.config["world_size"] = ddp.world_size
     opts = _Optimizers(optimizer, lr, betas, clip_norm)
+    params: list[torch.Tensor] = []  # the store's unconstrained tensors, for the captured step
+    captured = None
+    if capture and has_diff_loss and not jit:
+        captured = CapturedStep(elbo, model, guide, lambda: params, _ScaleLatents)
+    result.step = "eager" if captured is None else "captured"
     start_epoch, step, best, bad_epochs = 0, 0, None, 0
 
     def kwargs_of(batch):
@@ -474,15 +488,27 @@ def fit(
                     ) * (step / anneal_steps)  # fmt: skip
                     kw = kwargs_of(batch)
                     check = validate is True or (validate == "first" and not opts.opts)
-                    with pyro.validation_enabled(bool(check)), _ScaleLatents(beta):
-                        if has_diff_loss:
-                            loss_t = elbo.differentiable_loss(model, guide, batch.x, **kw)
-                            loss_t.backward()
-                            value = loss_t.item()
-                        else:
-                            value = float(elbo.loss_and_grads(model, guide, batch.x, **kw))
+                    loss_t = None
+                    if captured is not None and not check and opts.opts:  # after one eager step
+                        if len(params) != len(store):
+                            params[:] = [store.get_param(nm).unconstrained() for nm in store]
+                        loss_t = captured((batch.x,), kw, beta)
+                        if loss_t is None:  # not capturable: eager from here on
+                            result.step, captured = f"eager ({captured.failure})", None
+                    if loss_t is not None:
+                        value = loss_t.item()
+                    else:
+                        with pyro.validation_enabled(bool(check)), _ScaleLatents(beta):
+                            if has_diff_loss:
+                                loss_t = elbo.differentiable_loss(model, guide, batch.x, **kw)
+                                loss_t.backward()
+                                value = loss_t.item()
+                            else:
+                                value = float(elbo.loss_and_grads(model, guide, batch.x, **kw))
                     if len(store) != len(opts):
                         opts.discover()
+                        if opts.groups["sparse"] and captured is not None:
+                            result.step, captured = "eager (sparse gradients)", None
                     if ddp is not None:  # gradients and loss of the global batch
                         value = ddp.all_reduce_gradients(value, weight, opts.groups)
                     if not math.isfinite(value):
@@ -542,6 +568,8 @@ def fit(
             with torch.no_grad():
                 for nm, value in best["params"].items():
                     store.get_param(nm).unconstrained().copy_(value)
+    if captured is not None:
+        result.step = f"captured ({captured.runner})" if captured.runner else "eager (no step left)"
     result.steps = step
     result.seconds = time.perf_counter() - t_run
     return result

@@ -164,7 +164,11 @@ def test_tiny_training_run_and_text_methods(data):
     assert h[-1]["valid_elbo"] > h[0]["valid_elbo"]
     x = data.test.x
     m = sentence_metrics(vae, x, num_samples=20)
-    assert m["nll"] <= m["neg_elbo"] + 1e-3 and m["kl"] >= 0 and 0 <= m["active_units"] <= 4
+    # IWAE-20 ≥ ELBO in expectation; neg_elbo is a one-particle estimate: allow its MC error
+    draws = torch.stack([-elbo(vae.model, vae.guide, x) for _ in range(10)])
+    se = float((draws.var(0).mean() / len(x)).sqrt())
+    assert m["nll"] <= m["neg_elbo"] + 4 * se + 1e-4, (m, se)
+    assert m["kl"] >= 0 and 0 <= m["active_units"] <= 4
     assert m["words"] == int(sentence_mask(x).sum()) and m["ppl"] > 1
     assert torch.allclose(vae.kl(x).mean(), torch.tensor(m["kl"]), atol=1e-5)
     assert vae.sample(5).shape == (5, 9) and vae.reconstruct(x[:3]).shape == (3, 9)

@@ -7,7 +7,7 @@ import torch
 
 from pyro_vi import fit
 from pyro_vi.checkpoint import load_checkpoint
-from pyro_vi.data import data_plate, load
+from pyro_vi.data import Split, data_plate, load
 from pyro_vi.models import VAE
 from pyro_vi.training import FitError
 
@@ -88,12 +88,32 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_checkpoint(digits, tmp_pat
         vae.model(x, idx, size)
 
     snap = {}
-    r_opts = dict(epochs=3, batch_size=256, device="cpu", validate=False)
+    # the call counter is a Python side effect: replayed (captured) steps would not run it
+    r_opts = dict(epochs=3, batch_size=256, device="cpu", validate=False, capture=False)
     cb = lambda rec: snap.update(_params())  # noqa: E731
     with pytest.raises(FitError, match=r"epoch 2, step 9.*intact"):
         fit(model, vae.guide, digits.train, checkpoint_dir=tmp_path, callback=cb, **r_opts)
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["epoch"] == 1
+    for k, v in state["params"].items():
+        assert torch.equal(v, snap[k])
+
+
+def test_nan_loss_in_a_captured_step_stops_the_run(digits, tmp_path):
+    vae = _vae(digits)
+    torch.manual_seed(0)
+    train = Split(torch.bernoulli(digits.train.x))
+
+    def poison(record):  # after epoch 1 the data turn NaN (fit checked them at the start)
+        snap.update(_params())
+        train.x[:] = float("nan")
+
+    snap = {}
+    with pytest.raises(FitError, match=r"epoch 2, step 7.*intact"):
+        fit(vae.model, vae.guide, train, epochs=3, batch_size=256, device="cpu",
+            checkpoint_dir=tmp_path, callback=poison)  # fmt: skip
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["epoch"] == 1 and state["config"]["epochs"] == 3
     for k, v in state["params"].items():
         assert torch.equal(v, snap[k])
 

@@ -1,0 +1,268 @@
+r"""Captured SVI steps: trace one step's loss and gradients into a flat graph, then replay it.
+
+An eager SVI step runs the model and the guide through Pyro's effect handlers, builds two traces,
+turns every site into log-densities, and lets autograd record and replay the whole computation.
+For a model whose structure does not depend on the values of its data, all of that produces the
+same sequence of tensor operations every step; only the inputs change: the parameters
+:math:`\theta, \phi`, the batch :math:`x_B` (and its indices and labels), the KL-annealing factor
+:math:`\beta` and the Monte-Carlo noise :math:`\epsilon`. :class:`CapturedStep` records that
+sequence once per input signature (shapes, dtypes, device, non-tensor arguments) with
+``torch.fx``'s ``make_fx``, forward pass *and* backward pass, so that
+
+.. math:: (\theta, \phi, x_B, \beta) \mapsto \big(\hat{\mathcal L},\;
+          \nabla_{\theta,\phi} \hat{\mathcal L}\big)
+
+becomes one graph of ATen operations with the random draws inside it. Replaying the graph
+skips Pyro's Python and autograd's bookkeeping; the random draws come from torch's generators as
+in the eager step, so one seed still drives the run. The graph is run by TorchScript's executor
+(the lowest per-operation cost on small networks; deprecated by PyTorch but present in the pinned
+2.14) or, where that fails, by the ``fx`` module's own Python code.
+
+Capture is refused, and the step stays eager, when the objective cannot be replayed faithfully:
+data-dependent Python control flow (``make_fx`` raises when a traced value is read as a Python
+number), a step that writes into a tensor outside itself (e.g. BatchNorm's running statistics),
+non-tensor arguments that are not plain constants, or a replay that disagrees with the eager step
+on the capture batch with the same random state (loss and every gradient, to float tolerance).
+Example::
+
+    step = CapturedStep(Trace_ELBO(), vae.model, vae.guide, lambda: params, scale_latents)
+    loss = step((x,), {"idx": idx, "size": n}, beta=1.0)  # gradients are now in p.grad
+    if loss is None:  # not capturable: run the eager step
+        ...
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+import pyro
+import pyro.infer.util
+import pyro.util
+import torch
+from torch import fx
+
+__all__ = ["CapturedStep", "traceable_pyro"]
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+@contextmanager
+def traceable_pyro():
+    """Let ``make_fx`` trace Pyro's ELBOs: ``torch_item`` keeps tensors (detached) instead of
+    reading Python numbers, and ``warn_if_nan`` (a data-dependent check) is skipped; the caller
+    checks the loss it gets back."""
+    originals = {"torch_item": pyro.infer.util.torch_item, "warn_if_nan": pyro.util.warn_if_nan}
+    replacements = {
+        "torch_item": lambda x: x.detach() if torch.is_tensor(x) else x,
+        "warn_if_nan": lambda value, *args, **kwargs: value,
+    }
+    patched = []
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == "pyro" or name.startswith("pyro.")):
+            continue
+        for attr, fn in originals.items():
+            if getattr(module, attr, None) is fn:
+                setattr(module, attr, replacements[attr])
+                patched.append((module, attr, fn))
+    try:
+        yield
+    finally:
+        for module, attr, fn in patched:
+            setattr(module, attr, fn)
+
+
+def _writes_outside(gm: fx.GraphModule) -> str | None:
+    """Name of an in-place operation on a graph input or constant (or a view of one), if any."""
+    base: dict[fx.Node, fx.Node] = {}
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "get_attr"):
+            base[node] = node
+        elif node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+            schema = node.target._schema
+            for arg, spec in zip(node.args, schema.arguments, strict=False):
+                if not isinstance(arg, fx.Node) or spec.alias_info is None:
+                    continue
+                if spec.alias_info.is_write and arg in base:
+                    return str(node.target)
+                if not spec.alias_info.is_write and arg in base and schema.returns:
+                    ret = schema.returns[0].alias_info
+                    if ret is not None and not ret.is_write:  # a view of an outside tensor
+                        base[node] = base[arg]
+    return None
+
+
+def _rng_state(device: torch.device):
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def _agree(a: torch.Tensor, b: torch.Tensor) -> bool:
+    tol = 1e-4 * float(b.detach().abs().max()) + 1e-6 if b.numel() else 0.0
+    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-4, atol=tol, equal_nan=True))
+
+
+class CapturedStep:
+    """Loss and gradients of ``elbo.differentiable_loss(model, guide, *args, **kwargs)``, captured
+    once per input signature and replayed.
+
+    Args:
+        elbo: a Pyro ELBO with ``differentiable_loss`` (Trace_ELBO, TraceMeanField_ELBO,
+            TraceEnum_ELBO, ...).
+        params: returns the tensors to differentiate (Pyro's unconstrained parameters).
+        scaled: context manager factory for the KL-annealing factor ``beta`` (a float or a
+            0-d tensor); entered around the objective.
+
+    Calling the step sets ``p.grad`` of the parameters that the objective reaches and returns the
+    0-d loss, or returns None (gradients untouched) when the step cannot be captured; the reason
+    is kept in :attr:`failure`.
+    """
+
+    def __init__(
+        self,
+        elbo: pyro.infer.ELBO,
+        model: Callable,
+        guide: Callable,
+        params: Callable[[], list[torch.Tensor]],
+        scaled: Callable[[Any], AbstractContextManager],
+    ):
+        self.elbo, self.model, self.guide = elbo, model, guide
+        self.params, self.scaled = params, scaled
+        self.graphs: dict[tuple, tuple[Callable, list[int]]] = {}
+        self.failure: str | None = None
+        self.runner: str | None = None
+
+    def _signature(self, args, kwargs, beta) -> tuple | None:
+        key: list = [beta != 1.0, len(self.params())]
+        for k, v in [(None, a) for a in args] + sorted(kwargs.items()):
+            if torch.is_tensor(v):
+                key.append((k, tuple(v.shape), v.dtype, v.device, v.requires_grad))
+            elif isinstance(v, _PLAIN):
+                key.append((k, v))
+            else:
+                return None
+        return tuple(key)
+
+    def _objective(self, args, kwargs, tensor_keys):
+        params = self.params()
+        n = len(params)
+
+        def run(*flat):
+            *values, beta = flat[n:]
+            call_args, call_kwargs = list(args), dict(kwargs)
+            for key, value in zip(tensor_keys, values, strict=True):
+                if isinstance(key, int):
+                    call_args[key] = value
+                else:
+                    call_kwargs[key] = value
+            with self.scaled(beta if beta.dim() == 0 and beta.numel() == 1 else 1.0):
+                loss = self.elbo.differentiable_loss(
+                    self.model, self.guide, *call_args, **call_kwargs
+                )
+            grads = torch.autograd.grad(loss, flat[:n], allow_unused=True)
+            return [loss.detach()] + [g for g in grads if g is not None], [
+                i for i, g in enumerate(grads) if g is not None
+            ]
+
+        return run, params
+
+    def _capture(self, args, kwargs, beta) -> tuple[Callable, list[int], list] | str:
+        """Trace, check and return (runner, used parameters, this step's outputs), or why not."""
+        tensor_keys = [i for i, a in enumerate(args) if torch.is_tensor(a)]
+        tensor_keys += [k for k in sorted(kwargs) if torch.is_tensor(kwargs[k])]
+        run, params = self._objective(args, kwargs, tensor_keys)
+        values = [args[k] if isinstance(k, int) else kwargs[k] for k in tensor_keys]
+        device = params[0].device if params else torch.device("cpu")
+        beta_t = (
+            torch.tensor(float(beta), dtype=torch.float64, device=device)
+            if beta != 1.0
+            else torch.zeros(0)
+        )
+        flat = (*params, *values, beta_t)
+        used: list[int] = []
+        state = _rng_state(device)
+
+        def outputs_only(*inputs):
+            out, idx = run(*inputs)
+            used[:] = idx
+            return out
+
+        from torch.fx.experimental.proxy_tensor import make_fx
+
+        try:
+            with traceable_pyro(), pyro.validation_enabled(False), torch.enable_grad():
+                gm = make_fx(outputs_only)(*flat)
+        except Exception as e:  # data-dependent control flow, untraceable operations
+            return f"not traceable ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+        mutated = _writes_outside(gm)
+        if mutated is not None:
+            return f"the step writes into a tensor outside it ({mutated})"
+        runners = []
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                runners.append(("torchscript", torch.jit.trace(gm, flat, check_trace=False)))
+        except Exception:  # TorchScript absent or unable: the fx module's own code
+            pass
+        runners.append(("fx", gm))
+        _set_rng_state(state, device)  # tracing drew noise: this step's draws start again
+        with pyro.validation_enabled(False), torch.enable_grad():
+            eager, eager_used = run(*flat)
+        if any(g.is_sparse for g in eager):
+            return "sparse gradients"
+        for name, runner in runners:
+            _set_rng_state(state, device)
+            with torch.no_grad():
+                replay = list(runner(*flat))
+            if eager_used == used and len(replay) == len(eager):
+                if all(_agree(r, e) for r, e in zip(replay, eager, strict=True)):
+                    self.runner = name
+                    return runner, used, replay
+        return "the replayed step disagrees with the eager one"
+
+    def __call__(self, args: tuple, kwargs: dict, beta: float = 1.0) -> torch.Tensor | None:
+        if self.failure is not None:
+            return None
+        key = self._signature(args, kwargs, beta)
+        if key is None:
+            self.failure = "a non-tensor argument is not a plain constant"
+            return None
+        params = self.params()
+        entry = self.graphs.get(key)
+        if entry is None:  # the check replay of the capture is this step
+            device = params[0].device if params else torch.device("cpu")
+            state = _rng_state(device)
+            captured = self._capture(args, kwargs, beta)
+            if isinstance(captured, str):  # the eager step draws this step's noise again
+                _set_rng_state(state, device)
+                self.failure = captured
+                return None
+            runner, used, (loss, *grads) = captured
+            self.graphs[key] = (runner, used)
+        else:
+            runner, used = entry
+            values = [a for a in args if torch.is_tensor(a)]
+            values += [kwargs[k] for k in sorted(kwargs) if torch.is_tensor(kwargs[k])]
+            beta_t = torch.tensor(
+                float(beta), dtype=torch.float64, device=params[0].device
+            ) if beta != 1.0 else _EMPTY  # fmt: skip
+            with torch.no_grad():
+                loss, *grads = runner(*params, *values, beta_t)
+        for i, g in zip(used, grads, strict=True):
+            p = params[i]
+            p.grad = g if p.grad is None else p.grad + g
+        return loss
+
+
+_EMPTY = torch.zeros(0)
