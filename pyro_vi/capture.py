@@ -25,9 +25,10 @@ non-tensor arguments that are not plain constants, or a replay that disagrees wi
 on the capture batch with the same random state (loss and every gradient, to float tolerance).
 Example::
 
-    step = CapturedStep(Trace_ELBO(), vae.model, vae.guide, lambda: params, scale_latents)
-    loss = step((x,), {"idx": idx, "size": n}, beta=1.0)  # gradients are now in p.grad
-    if loss is None:  # not capturable: run the eager step
+    params = [store.get_param(name).unconstrained() for name in store]  # store: the param store
+    step = CapturedStep(Trace_ELBO(), vae.model, vae.guide, lambda: params, lambda b: nullcontext())
+    loss = step((x,), {"idx": idx, "size": n})  # gradients are now in p.grad
+    if loss is None:  # not capturable (step.failure says why): run the eager step
         ...
 """
 
