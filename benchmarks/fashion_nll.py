@@ -60,6 +60,7 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
 
     ds = load("fashion-mnist", binarize="dynamic", valid_fraction=0.0, seed=a.seed)
+    torch.manual_seed(a.seed)  # the initialization too (as benchmarks/flows.py does)
     out = train_and_score(recipe_vae(), ds, a.epochs, a.iwae_k, a.test_size, a.seed, a.device,
                           a.elbo_particles)  # fmt: skip
     out.pop("n_test")
