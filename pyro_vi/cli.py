@@ -105,6 +105,8 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue that run in place (--epochs is the total)")  # fmt: skip
     f.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    f.add_argument("--no-capture", action="store_true",
+                   help="run every step eagerly instead of replaying a captured graph")  # fmt: skip
     f.add_argument("--distributed", action="store_true",
                    help="data-parallel over the processes torchrun started (on by default when "
                         "WORLD_SIZE > 1); --batch-size is the global batch")  # fmt: skip
@@ -157,11 +159,11 @@ def _fit(a) -> dict | None:
         epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, lr_decay=a.lr_decay,
         optimizer=a.optimizer, loss=a.loss, num_particles=a.num_particles,
         anneal_epochs=a.anneal_epochs, early_stopping=a.early_stopping,
-        checkpoint_every=a.checkpoint_every,
+        checkpoint_every=a.checkpoint_every, capture=not a.no_capture,
     )  # fmt: skip
     fit_options["distributed"] = a.distributed or launched()  # under torchrun: data-parallel
     if a.resume:
-        keep = {"epochs", "checkpoint_every", "distributed"}  # the rest: the run's config
+        keep = {"epochs", "checkpoint_every", "distributed", "capture"}  # the rest: the config
         return train_run(
             a.model, a.resume, resume=True, iwae_k=a.iwae_k, device=a.device,
             fit_options={k: v for k, v in fit_options.items() if k in keep},

@@ -392,7 +392,7 @@ def fit(
         num_particles=num_particles,
         optimizer=optimizer if isinstance(optimizer, str) else "factory",
         lr=lr, lr_decay=lr_decay, anneal_epochs=anneal_epochs, anneal_start=anneal_start,
-        seed=seed, device=str(device),
+        seed=seed, device=str(device), capture=capture,
     )  # fmt: skip
     if ddp is not None:
         result.config["world_size"] = ddp.world_size

@@ -41,6 +41,7 @@ def test_demo_path_writes_the_run(run_dir, capsys):
     assert m["test_log_px"] >= m["test_elbo"] - 0.5
     c = json.loads((run_dir / "config.json").read_text())
     assert c["seed"] == 0 and c["versions"]["torch"] and c["model_config"]["x_dim"] == 64
+    assert m["step"].startswith("captured") and c["fit_options"]["capture"] is True
 
 
 def test_evaluate_and_sample(run_dir, capsys):
@@ -68,6 +69,9 @@ def test_resume_continues_in_place(tmp_path, capsys):
     assert main(["fit", "vae", "--resume", str(out), "--epochs", "3", "--iwae-k", "10"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["epochs"] == 3 and [h["epoch"] for h in m["history"]] == [1, 2, 3]
+    argv = ["fit", "vae", "--resume", str(out), "--epochs", "4", "--iwae-k", "10", "--no-capture"]
+    assert main(argv) == 0
+    assert json.loads((out / "metrics.json").read_text())["step"] == "eager"
 
 
 @pytest.mark.parametrize(
