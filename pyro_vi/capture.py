@@ -176,8 +176,9 @@ class CapturedStep:
 
         return run, params
 
-    def _capture(self, args, kwargs, beta) -> tuple[Callable, list[int], list] | str:
-        """Trace, check and return (runner, used parameters, this step's outputs), or why not."""
+    def _capture(self, args, kwargs, beta, state) -> tuple[Callable, list[int], list] | str:
+        """Trace, check and return (runner, used parameters, this step's outputs), or why not;
+        ``state``: the random state this step starts from."""
         tensor_keys = [i for i, a in enumerate(args) if torch.is_tensor(a)]
         tensor_keys += [k for k in sorted(kwargs) if torch.is_tensor(kwargs[k])]
         run, params = self._objective(args, kwargs, tensor_keys)
@@ -190,7 +191,6 @@ class CapturedStep:
         )
         flat = (*params, *values, beta_t)
         used: list[int] = []
-        state = _rng_state(device)
 
         def outputs_only(*inputs):
             out, idx = run(*inputs)
@@ -244,7 +244,7 @@ class CapturedStep:
         if entry is None:  # the check replay of the capture is this step
             device = params[0].device if params else torch.device("cpu")
             state = _rng_state(device)
-            captured = self._capture(args, kwargs, beta)
+            captured = self._capture(args, kwargs, beta, state)
             if isinstance(captured, str):  # the eager step draws this step's noise again
                 _set_rng_state(state, device)
                 self.failure = captured
