@@ -106,7 +106,8 @@ def parser() -> argparse.ArgumentParser:
                    help="continue that run in place (--epochs is the total)")  # fmt: skip
     f.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     f.add_argument("--no-capture", action="store_true",
-                   help="run every step eagerly instead of replaying a captured graph")  # fmt: skip
+                   help="run every step eagerly (default: replay a captured graph in runs of "
+                        "500 steps or more)")  # fmt: skip
     f.add_argument("--distributed", action="store_true",
                    help="data-parallel over the processes torchrun started (on by default when "
                         "WORLD_SIZE > 1); --batch-size is the global batch")  # fmt: skip
@@ -159,7 +160,7 @@ def _fit(a) -> dict | None:
         epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, lr_decay=a.lr_decay,
         optimizer=a.optimizer, loss=a.loss, num_particles=a.num_particles,
         anneal_epochs=a.anneal_epochs, early_stopping=a.early_stopping,
-        checkpoint_every=a.checkpoint_every, capture=not a.no_capture,
+        checkpoint_every=a.checkpoint_every, capture=False if a.no_capture else "auto",
     )  # fmt: skip
     fit_options["distributed"] = a.distributed or launched()  # under torchrun: data-parallel
     if a.resume:

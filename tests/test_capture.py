@@ -11,7 +11,7 @@ from pyro_vi import fit
 from pyro_vi.capture import CapturedStep
 from pyro_vi.data import Split, load
 from pyro_vi.models import VAE
-from pyro_vi.training import _ScaleLatents, make_loss
+from pyro_vi.training import CAPTURE_MIN_STEPS, _ScaleLatents, make_loss
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_data_dependent_control_flow_stays_eager():
     pyro.clear_param_store()
     x = torch.randn(64, 2) + 3.0
     result = fit(model, guide, Split(x), epochs=2, batch_size=16, lr=0.1, device="cpu",
-                 progress=False)  # fmt: skip
+                 progress=False, capture=True)  # fmt: skip
     assert result.step.startswith("eager (not traceable"), result.step
     assert pyro.param("loc").detach().sum() > 0.5  # and it trained
 
@@ -99,7 +99,8 @@ def test_writes_into_module_state_stay_eager():
 
     pyro.clear_param_store()
     x = torch.randn(64, 2)
-    result = fit(model, guide, Split(x), epochs=2, batch_size=16, device="cpu", progress=False)
+    result = fit(model, guide, Split(x), epochs=2, batch_size=16, device="cpu", progress=False,
+                 capture=True)  # fmt: skip
     assert result.step.startswith("eager (the step writes"), result.step
     # every step updated the statistics (8), as did fit's structure trace and the capture attempt
     assert int(net.num_batches_tracked) == 8 + 2
@@ -121,3 +122,15 @@ def test_one_graph_per_batch_shape(digits):
         assert step((x[idx],), {"idx": idx, "size": len(x)}) is not None, step.failure
     assert step((x[:10],), {"idx": torch.arange(10), "size": 5}) is not None
     assert len(step.graphs) == 3  # batch 10, batch 7, and another data size
+
+
+def test_auto_captures_only_runs_long_enough_to_pay_for_it(digits):
+    def run(epochs):
+        pyro.clear_param_store()
+        vae = VAE(64, 2, (16,))
+        return fit(vae.model, vae.guide, digits.train, epochs=epochs, batch_size=256,
+                   device="cpu", progress=False, valid=None).step  # fmt: skip
+
+    steps_per_epoch = -(-len(digits.train) // 256)
+    assert run(1) == "eager (short run)"
+    assert run(-(-CAPTURE_MIN_STEPS // steps_per_epoch)).startswith("captured")

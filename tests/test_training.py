@@ -111,7 +111,7 @@ def test_nan_loss_in_a_captured_step_stops_the_run(digits, tmp_path):
     snap = {}
     with pytest.raises(FitError, match=r"epoch 2, step 7.*intact"):
         fit(vae.model, vae.guide, train, epochs=3, batch_size=256, device="cpu",
-            checkpoint_dir=tmp_path, callback=poison)  # fmt: skip
+            checkpoint_dir=tmp_path, callback=poison, capture=True)  # fmt: skip
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["epoch"] == 1 and state["config"]["epochs"] == 3
     for k, v in state["params"].items():
