@@ -23,13 +23,13 @@ import json
 import math
 import statistics
 import time
-import warnings
 
 import pyro
 import torch
 import torch.nn.functional as F
 
 from pyro_vi import fit
+from pyro_vi.capture import script, trace
 from pyro_vi.data import DEBIAN_FASHION, Split, load
 from pyro_vi.models import VAE
 
@@ -75,17 +75,14 @@ class Reference:
     def _graph(self, xb: torch.Tensor, n: int):
         key = tuple(xb.shape)
         if key not in self.graphs:
-            from torch.fx.experimental.proxy_tensor import make_fx
 
             def loss_and_grads(*flat):
                 loss = self.loss(flat[-1], n)
                 return [loss.detach(), *torch.autograd.grad(loss, flat[:-1])]
 
-            with torch.enable_grad():
-                gm = make_fx(loss_and_grads)(*self.params, xb)
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                self.graphs[key] = torch.jit.trace(gm, (*self.params, xb), check_trace=False)
+            gm = trace(loss_and_grads, (*self.params, xb))
+            scripted = script(gm, (*self.params, xb))
+            self.graphs[key] = gm if scripted is None else scripted
         return self.graphs[key]
 
     def step(self, xb: torch.Tensor, n: int) -> float:
@@ -129,7 +126,8 @@ def measure(vae: VAE, x: torch.Tensor, batch_size: int, epochs: int, seed: int) 
             times[name].append(seconds / steps)
 
     result = fit(vae.model, vae.guide, Split(x), epochs=epochs, batch_size=batch_size, lr=1e-3,
-                 device=x.device, seed=seed, progress=False, callback=after_epoch)  # fmt: skip
+                 device=x.device, seed=seed, progress=False, callback=after_epoch,
+                 capture=True)  # fmt: skip
     steps = math.ceil(x.shape[0] / batch_size)
     fit_med = statistics.median([h["seconds"] / steps for h in result.history][1:])
     out = {"fit_step": result.step, "fit_step_ms": 1e3 * fit_med}

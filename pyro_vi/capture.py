@@ -46,7 +46,7 @@ import pyro.util
 import torch
 from torch import fx
 
-__all__ = ["CapturedStep", "traceable_pyro"]
+__all__ = ["CapturedStep", "traceable_pyro", "trace", "script"]
 
 _PLAIN = (bool, int, float, str, type(None))
 
@@ -94,6 +94,37 @@ def _writes_outside(gm: fx.GraphModule) -> str | None:
                     if ret is not None and not ret.is_write:  # a view of an outside tensor
                         base[node] = base[arg]
     return None
+
+
+def trace(fn: Callable, inputs: tuple) -> fx.GraphModule:
+    """The ATen graph of ``fn(*inputs)`` (forward and any autograd inside it), dead code removed."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    with torch.enable_grad():
+        gm = make_fx(fn)(*inputs)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm
+
+
+def script(gm: fx.GraphModule, inputs: tuple) -> Callable | None:
+    """``gm`` for TorchScript's executor (None where TorchScript is absent or cannot take it)."""
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # torch.jit.trace is marked deprecated
+            return torch.jit.trace(gm, inputs, check_trace=False)
+    except Exception:
+        return None
+
+
+def _inputs(args, kwargs, beta, device) -> list:
+    """The graph's data inputs: tensor arguments (positional, then keywords by name) and beta."""
+    values = [a for a in args if torch.is_tensor(a)]
+    values += [kwargs[k] for k in sorted(kwargs) if torch.is_tensor(kwargs[k])]
+    beta_t = (
+        torch.tensor(float(beta), dtype=torch.float64, device=device) if beta != 1.0 else _EMPTY
+    )
+    return [*values, beta_t]
 
 
 def _rng_state(device: torch.device):
@@ -176,20 +207,13 @@ class CapturedStep:
 
         return run, params
 
-    def _capture(self, args, kwargs, beta, state) -> tuple[Callable, list[int], list] | str:
+    def _capture(self, args, kwargs, beta, state, device) -> tuple[Callable, list[int], list] | str:
         """Trace, check and return (runner, used parameters, this step's outputs), or why not;
         ``state``: the random state this step starts from."""
         tensor_keys = [i for i, a in enumerate(args) if torch.is_tensor(a)]
         tensor_keys += [k for k in sorted(kwargs) if torch.is_tensor(kwargs[k])]
         run, params = self._objective(args, kwargs, tensor_keys)
-        values = [args[k] if isinstance(k, int) else kwargs[k] for k in tensor_keys]
-        device = params[0].device if params else torch.device("cpu")
-        beta_t = (
-            torch.tensor(float(beta), dtype=torch.float64, device=device)
-            if beta != 1.0
-            else torch.zeros(0)
-        )
-        flat = (*params, *values, beta_t)
+        flat = (*params, *_inputs(args, kwargs, beta, device))
         used: list[int] = []
 
         def outputs_only(*inputs):
@@ -197,26 +221,16 @@ class CapturedStep:
             used[:] = idx
             return out
 
-        from torch.fx.experimental.proxy_tensor import make_fx
-
         try:
-            with traceable_pyro(), pyro.validation_enabled(False), torch.enable_grad():
-                gm = make_fx(outputs_only)(*flat)
+            with traceable_pyro(), pyro.validation_enabled(False):
+                gm = trace(outputs_only, flat)
         except Exception as e:  # data-dependent control flow, untraceable operations
             return f"not traceable ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
-        gm.graph.eliminate_dead_code()
-        gm.recompile()
         mutated = _writes_outside(gm)
         if mutated is not None:
             return f"the step writes into a tensor outside it ({mutated})"
-        runners = []
-        try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                runners.append(("torchscript", torch.jit.trace(gm, flat, check_trace=False)))
-        except Exception:  # TorchScript absent or unable: the fx module's own code
-            pass
-        runners.append(("fx", gm))
+        scripted = script(gm, flat)  # else the fx module's own code
+        runners = ([("torchscript", scripted)] if scripted is not None else []) + [("fx", gm)]
         _set_rng_state(state, device)  # tracing drew noise: this step's draws start again
         with pyro.validation_enabled(False), torch.enable_grad():
             eager, eager_used = run(*flat)
@@ -240,11 +254,11 @@ class CapturedStep:
             self.failure = "a non-tensor argument is not a plain constant"
             return None
         params = self.params()
+        device = params[0].device if params else torch.device("cpu")
         entry = self.graphs.get(key)
         if entry is None:  # the check replay of the capture is this step
-            device = params[0].device if params else torch.device("cpu")
             state = _rng_state(device)
-            captured = self._capture(args, kwargs, beta, state)
+            captured = self._capture(args, kwargs, beta, state, device)
             if isinstance(captured, str):  # the eager step draws this step's noise again
                 _set_rng_state(state, device)
                 self.failure = captured
@@ -253,13 +267,8 @@ class CapturedStep:
             self.graphs[key] = (runner, used)
         else:
             runner, used = entry
-            values = [a for a in args if torch.is_tensor(a)]
-            values += [kwargs[k] for k in sorted(kwargs) if torch.is_tensor(kwargs[k])]
-            beta_t = torch.tensor(
-                float(beta), dtype=torch.float64, device=params[0].device
-            ) if beta != 1.0 else _EMPTY  # fmt: skip
             with torch.no_grad():
-                loss, *grads = runner(*params, *values, beta_t)
+                loss, *grads = runner(*params, *_inputs(args, kwargs, beta, device))
         for i, g in zip(used, grads, strict=True):
             p = params[i]
             p.grad = g if p.grad is None else p.grad + g
