@@ -54,8 +54,9 @@ from .evaluate import max_plate_nesting as plate_nesting
 __all__ = ["fit", "FitResult", "FitError", "LOSSES", "resolve_device"]
 
 LOSSES = ("elbo", "meanfield", "iwae", "tracegraph", "enum")
-#: ``capture="auto"`` captures runs of at least this many planned steps: a capture costs 0.2-0.5 s
-#: per batch shape (1.5-2 s more for the first in a process) and saves 1-3 ms per step
+#: ``capture="auto"`` captures runs of at least this many planned steps: a capture costs about
+#: 0.2 s per batch shape (about 1.6 s more for the first in a process) and saved 0.9-2.4 ms per
+#: step on the models measured (BENCHMARKS.md)
 CAPTURE_MIN_STEPS = 500
 CHECKPOINT = "checkpoint.pt"
 
