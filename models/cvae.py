@@ -60,6 +60,7 @@ class CVAE(nn.Module):
         hidden: tuple[int, ...] = (400,),
         activation: str = "relu",
         use_baseline: bool = True,
+        name: str = "cvae",
     ):
         super().__init__()
         if task not in ("quadrant", "label"):
@@ -77,8 +78,8 @@ class CVAE(nn.Module):
             where = {"bottom-left": (bottom, left), "top-left": (top, left),
                      "bottom-right": (bottom, right)}  # fmt: skip
             visible = torch.zeros(h, w, dtype=torch.bool)
-            for name in QUADRANTS[:quadrants]:
-                visible[where[name]] = True
+            for quadrant in QUADRANTS[:quadrants]:
+                visible[where[quadrant]] = True
             self.register_buffer("inputs_at", visible.flatten().nonzero()[:, 0], persistent=False)
             self.register_buffer("targets_at", (~visible).flatten().nonzero()[:, 0], False)
             in_dim, out_dim = len(self.inputs_at), len(self.targets_at)
@@ -88,7 +89,8 @@ class CVAE(nn.Module):
             in_dim, out_dim = num_classes, h * w
         self.config = dict(shape=[h, w], task=task, quadrants=quadrants, num_classes=num_classes,
                            z_dim=z_dim, hidden=list(hidden), activation=activation,
-                           use_baseline=use_baseline)  # fmt: skip
+                           use_baseline=use_baseline, name=name)  # fmt: skip
+        self.name = name  # the pyro.module name: two CVAEs fitted in one param store need two
         self.shape, self.task, self.num_classes = (h, w), task, num_classes
         self.z_dim, self.use_baseline = z_dim, use_baseline
         self.baseline = mlp([in_dim, *hidden, out_dim], activation)
@@ -108,6 +110,7 @@ class CVAE(nn.Module):
         likelihood: str | None = None,
         use_baseline: bool = True,
         baseline_epochs: int = 10,
+        name: str = "cvae",
         **_,
     ) -> CVAE:
         """A CVAE for ``data`` (a binarized image Dataset), its baseline trained on the train split
@@ -119,7 +122,7 @@ class CVAE(nn.Module):
         if task == "label" and (data.num_classes < 2 or data.train.y is None):
             raise CVAEError(f"{data.name} has no class labels: the label task needs them")
         model = cls(tuple(data.shape), task or "quadrant", quadrants or 1, data.num_classes or 10,
-                    z_dim, tuple(hidden), activation, use_baseline)  # fmt: skip
+                    z_dim, tuple(hidden), activation, use_baseline, name)  # fmt: skip
         if baseline_epochs:
             model.to(data.train.device).fit_baseline(data.train, epochs=baseline_epochs)
         return model
@@ -154,14 +157,14 @@ class CVAE(nn.Module):
         return dist.Bernoulli(logits=self.generation_net(torch.cat([z, inp], -1))).to_event(1)
 
     def model(self, x, idx: torch.Tensor | None = None, size: int | None = None, y=None):
-        pyro.module("cvae", self)
+        pyro.module(self.name, self)
         inp, target = self.split(x, y)
         with data_plate(target, idx, size):
             z = pyro.sample("z", self.prior(inp))
             pyro.sample("target", self.generation(z, inp), obs=target)
 
     def guide(self, x, idx: torch.Tensor | None = None, size: int | None = None, y=None):
-        pyro.module("cvae", self)
+        pyro.module(self.name, self)
         inp, target = self.split(x, y)
         with data_plate(target, idx, size):
             loc, log_var = self.recognition_net(torch.cat([inp, target], -1)).chunk(2, -1)

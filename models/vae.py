@@ -61,16 +61,19 @@ class VAE(nn.Module):
         prior_flow: str | None = None,
         flow_layers: int = 4,
         flow_context: int = 32,
+        name: str = "vae",
     ):
         super().__init__()
         if likelihood not in ("bernoulli", "normal"):
             raise ValueError(f"likelihood {likelihood!r}: use 'bernoulli' or 'normal'")
-        for name, kind in (("guide_flow", guide_flow), ("prior_flow", prior_flow)):
+        for option, kind in (("guide_flow", guide_flow), ("prior_flow", prior_flow)):
             if kind not in (None, "nice", "realnvp"):
-                raise ValueError(f"{name}={kind!r} is not known: use None, 'nice' or 'realnvp'")
+                raise ValueError(f"{option}={kind!r} is not known: use None, 'nice' or 'realnvp'")
         self.config = dict(x_dim=x_dim, z_dim=z_dim, hidden=list(hidden), activation=activation,
                            likelihood=likelihood, guide_flow=guide_flow, prior_flow=prior_flow,
-                           flow_layers=flow_layers, flow_context=flow_context)  # fmt: skip
+                           flow_layers=flow_layers, flow_context=flow_context,
+                           name=name)  # fmt: skip
+        self.name = name  # the pyro.module name: two VAEs fitted in one param store need two
         self.x_dim, self.z_dim, self.likelihood = x_dim, z_dim, likelihood
         self.context = flow_context if guide_flow else 0
         self.encoder = mlp([x_dim, *hidden, 2 * z_dim + self.context], activation)
@@ -87,8 +90,9 @@ class VAE(nn.Module):
         cls, data, z_dim=20, hidden=(400,), activation="relu", likelihood=None, **options
     ) -> VAE:
         """A VAE sized for ``data`` (a :class:`pyro_vi.data.Dataset`); ``options`` may set
-        ``guide_flow``, ``prior_flow``, ``flow_layers``, ``flow_context`` (others are ignored)."""
-        keys = ("guide_flow", "prior_flow", "flow_layers", "flow_context")
+        ``guide_flow``, ``prior_flow``, ``flow_layers``, ``flow_context``, ``name`` (others are
+        ignored)."""
+        keys = ("guide_flow", "prior_flow", "flow_layers", "flow_context", "name")
         flow_options = {k: options[k] for k in keys if options.get(k) is not None}
         likelihood = likelihood or data.likelihood
         return cls(data.dim, z_dim, tuple(hidden), activation, likelihood, **flow_options)
@@ -129,13 +133,13 @@ class VAE(nn.Module):
         )
 
     def model(self, x: torch.Tensor, idx: torch.Tensor | None = None, size: int | None = None):
-        pyro.module("vae", self)
+        pyro.module(self.name, self)
         with data_plate(x, idx, size):
             z = pyro.sample("z", self.prior(x.shape[0], x))
             pyro.sample("x", self.likelihood_dist(z), obs=x)
 
     def guide(self, x: torch.Tensor, idx: torch.Tensor | None = None, size: int | None = None):
-        pyro.module("vae", self)
+        pyro.module(self.name, self)
         with data_plate(x, idx, size):
             pyro.sample("z", self.posterior(x))
 

@@ -149,16 +149,21 @@ class _ScaleLatents(Messenger):
 
 
 @contextmanager
-def cached_modules() -> Iterator[None]:
+def cached_modules() -> Iterator[list[str]]:
     """Skip re-registering an ``nn.Module`` whose parameters already are the param store's own.
 
     ``pyro.module`` walks every parameter through Pyro's effect stack on every call; once a
     module is registered and its tensors are the store's, the walk changes nothing, so the cached
     version returns at once. The cache is checked against the store's size on every call.
+
+    Yields a list that collects a message for each module whose tensors are *not* the store's
+    (a second model registered under a name an earlier one left in the store): the optimizer
+    steps the store's tensors, so such a module would silently never train.
     """
     original = pyro.primitives.module
     store = pyro.get_param_store()
     seen: dict[str, tuple[int, int]] = {}
+    problems: list[str] = []
 
     def module(name, nn_module, update_module_params=False):
         key = seen.get(name)
@@ -166,17 +171,26 @@ def cached_modules() -> Iterator[None]:
             return nn_module
         out = original(name, nn_module, update_module_params)
         prefix = name + "$$$"
-        if all(
-            store.get_param(prefix + n).unconstrained() is p
-            for n, p in nn_module.named_parameters()
+        stale = [
+            n
+            for n, p in out.named_parameters()
             if p.requires_grad and prefix + n in store
-        ):
+            and store.get_param(prefix + n).unconstrained() is not p
+        ]  # fmt: skip
+        if stale:  # reported by fit after the step (raising here, Pyro would wrap the error)
+            problems.append(
+                f"pyro.module({name!r}): the param store holds other tensors for "
+                f"{prefix}{stale[0]} (from an earlier module of that name), so this module "
+                "would never train: call pyro.clear_param_store() before fitting a new model, "
+                "or register it under another name"
+            )
+        else:
             seen[name] = (id(nn_module), len(store))
         return out
 
     pyro.module = pyro.primitives.module = module
     try:
-        yield
+        yield problems
     finally:
         pyro.module = pyro.primitives.module = original
 
@@ -420,7 +434,9 @@ def fit(
     if resume:
         if ckpt_path is None or not ckpt_path.is_file():
             raise CheckpointError(f"nothing to resume: no {CHECKPOINT} in {checkpoint_dir}")
-        state = load_checkpoint(ckpt_path, map_location=device)
+        # on the CPU: parameters and optimizer moments are copied to their tensors' device below,
+        # while Adam's step counts stay CPU scalars (on the GPU each would sync every step)
+        state = load_checkpoint(ckpt_path, map_location="cpu")
         first = next(train.batches(min(batch_size, n), shuffle=False))
         plate_nesting(model, guide, first.x, **kwargs_of(first))  # creates the params
         missing = [nm for nm in state["params"] if nm not in store]
@@ -489,7 +505,7 @@ def fit(
             if ddp is not None:
                 ddp.seed_epoch(seed, epoch)
             total, beta = 0.0, 1.0
-            with cached_modules() if not jit else nullcontext():
+            with cached_modules() if not jit else nullcontext([]) as stale_modules:
                 for batch in train.batches(batch_size, generator=gen):
                     if ddp is not None:  # this rank's slice of the global batch
                         batch, weight = ddp.shard(batch)
@@ -515,6 +531,8 @@ def fit(
                                 value = loss_t.item()
                             else:
                                 value = float(elbo.loss_and_grads(model, guide, batch.x, **kw))
+                    if stale_modules:
+                        raise FitError(stale_modules[0])
                     if len(store) != len(opts):
                         opts.discover()
                         if opts.groups["sparse"] and captured is not None:

@@ -37,6 +37,21 @@ def test_vae_learns_on_digits(digits):
     assert r.best_epoch is not None and r.steps == 6 * 22
 
 
+def test_a_second_model_of_the_same_name_is_refused_not_left_untrained(digits):
+    first = _vae(digits)
+    fit(first.model, first.guide, digits, epochs=1, batch_size=64, device="cpu", progress=False)
+    fit(first.model, first.guide, digits, epochs=1, batch_size=64, device="cpu", progress=False)
+    pyro.set_rng_seed(1)
+    second = VAE.from_data(digits, z_dim=4, hidden=(32,))  # the store still holds first's "vae"
+    before = [p.detach().clone() for p in second.parameters()]
+    with pytest.raises(FitError, match=r"clear_param_store\(\)"):
+        fit(second.model, second.guide, digits, epochs=1, device="cpu", progress=False)
+    assert all(torch.equal(a, p) for a, p in zip(before, second.parameters(), strict=True))
+    pyro.clear_param_store()
+    fit(second.model, second.guide, digits, epochs=1, device="cpu", progress=False)
+    assert not all(torch.equal(a, p) for a, p in zip(before, second.parameters(), strict=True))
+
+
 def test_resume_is_bit_identical(digits, tmp_path):
     opts = dict(epochs=4, batch_size=256, lr=2e-3, device="cpu", seed=7, anneal_epochs=2)
     vae = _vae(digits, 1)
