@@ -98,6 +98,12 @@ def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     if generator is not None and "data" in state:
+        if state["data"].numel() != generator.get_state().numel():  # CPU and CUDA states differ
+            raise CheckpointError(
+                f"this checkpoint's batch-order generator was saved on another kind of device "
+                f"than {generator.device.type}: resume on the device type the run was written on "
+                "(its config.json 'device')"
+            )
         generator.set_state(state["data"].cpu())
 
 

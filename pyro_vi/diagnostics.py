@@ -383,7 +383,8 @@ def _draw(model, guide, args, kwargs, num_samples, nesting, vectorize, enum, chu
     first = parts[0]
     ref = next((a for a in args if torch.is_tensor(a) and a.is_floating_point()), None)
     dtype = torch.get_default_dtype() if ref is None else ref.dtype
-    device = None if ref is None else ref.device
+    # the device of any tensor argument (token ids are integer tensors on the data's device)
+    device = next((a.device for a in args if torch.is_tensor(a)), None)
     n_data = first["n_data"] or 1
 
     def cat_terms(key: str, width: int) -> torch.Tensor:

@@ -275,4 +275,4 @@ class TinyMixture(nn.Module):
         """n draws from the model."""
         c = torch.randint(self.k, (n,), generator=generator)
         noise = torch.randn(n, self.dim, generator=generator)
-        return self.locs.cpu()[c] + self.scale * noise
+        return (self.locs.cpu()[c] + self.scale * noise).to(self.locs.device)

@@ -151,6 +151,9 @@ def train_run(
     fit_options = dict(fit_options or {})
     model_options = dict(model_options or {})
     data_options = dict(data_options or {})
+    if resume and device == "auto":  # the device type the run was written on, where there is one
+        saved = torch.device(read_config(out).get("device", "cpu")).type
+        device = saved if saved != "cuda" or torch.cuda.is_available() else "auto"
     dev = resolve_device(device)
     ddp = setup_distributed(dev) if fit_options.pop("distributed", False) else None
     writer = ddp is None or ddp.is_writer

@@ -193,3 +193,11 @@ def test_help_for_each_command(capsys):
             main(cmd)
         assert e.value.code == 0
     assert "--resume" in capsys.readouterr().out
+
+
+def test_resume_on_another_device_type_is_refused(run_dir, tmp_path, capsys):
+    d = _copy_run(run_dir, tmp_path)
+    state = torch.load(d / "checkpoint.pt", weights_only=True)
+    state["rng"]["data"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state
+    torch.save(state, d / "checkpoint.pt")
+    _bad(capsys, ["fit", "vae", "--resume", str(d), "--epochs", "3"], "another kind of device")

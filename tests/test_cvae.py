@@ -40,7 +40,7 @@ def trained(digits):
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     cvae = CVAE.from_data(digits, task="quadrant", quadrants=2, baseline_epochs=10, **SMALL)
-    fit(cvae.model, cvae.guide, digits, epochs=10, lr=3e-3, progress=False, seed=0)
+    fit(cvae.model, cvae.guide, digits, epochs=10, lr=3e-3, progress=False, seed=0, device="cpu")
     return cvae
 
 
@@ -106,7 +106,7 @@ def test_label_task_trains_and_samples_by_class(digits):
     x, y = digits.test.evaluation_x(0)[:30], digits.test.y[:30]
     with torch.no_grad():
         before = -elbo(cvae.model, cvae.guide, x, y=y, num_particles=20).mean()
-    fit(cvae.model, cvae.guide, digits, epochs=4, lr=3e-3, progress=False, valid=None)
+    fit(cvae.model, cvae.guide, digits, epochs=4, lr=3e-3, progress=False, valid=None, device="cpu")
     with torch.no_grad():
         after = -elbo(cvae.model, cvae.guide, x, y=y, num_particles=20).mean()
         cll = log_marginal(cvae.model, cvae.guide, x, y=y, num_samples=50)

@@ -36,7 +36,7 @@ DET = dict(epochs=EPOCHS, batch_size=BATCH, optimizer="sgd", lr=2e-5, device="cp
            validate=False, progress=False)  # fmt: skip
 VAE_OPTS = dict(batch_size=128, lr=3e-3, device="cpu", seed=5, early_stopping=5, progress=False)
 CLI = ["fit", "vae", "--epochs", "1", "--z-dim", "2", "--hidden", "16", "--iwae-k", "0",
-       "--no-figures"]  # fmt: skip
+       "--no-figures", "--device", "cpu"]  # fmt: skip
 
 
 def _train_rows() -> Split:

@@ -198,3 +198,15 @@ def test_tiny_cli_run(corpus_file, tmp_path, capsys):
     code = main(bad)
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "no corpus file" in err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_diagnostics_on_cuda_token_ids(data):
+    """Token ids are integer tensors: the diagnostics take the device from them too."""
+    from pyro_vi.diagnostics import psis_khat
+
+    for cls, kw in ((LanguageModel, {}), (TextVAE, {"z_dim": 4})):
+        m = tiny(cls, data, **kw).cuda()
+        x = data.test.x.cuda()
+        res = psis_khat(m.model, m.guide, x, num_samples=30, pointwise=kw != {})
+        assert res.log_weights.is_cuda and bool(torch.isfinite(res.log_weights).all())
