@@ -44,6 +44,7 @@ Components are sorted by the first coordinate of their means after every fit (la
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -236,7 +237,7 @@ class GMM(nn.Module):
             "scales": dist.LogNormal((spread / 2).log(), 1.0).to_event(1),
         }
         if self._full:
-            prior["corr_chol"] = dist.LKJCholesky(self.dim, self.lkj_concentration)
+            prior["corr_chol"] = dist.LKJCholesky(self.dim, like.new_tensor(self.lkj_concentration))
         return prior
 
     def objective(self, x: torch.Tensor, values: dict[str, torch.Tensor]) -> float:
@@ -364,8 +365,9 @@ class GMM(nn.Module):
         (no small remainder batch) and ``lr_decay`` defaults to a 100-fold decay over the run.
         SVI restarts like EM: ``n_init`` runs, each from the k-means++ start EM's restart of the
         same ``seed`` uses, and the run with the highest :meth:`objective` at its point estimate
-        is kept (``objective_``; ``restart_objectives_`` lists all). ``history_`` holds the
-        per-epoch ELBO per datapoint. ``seed`` fixes every random choice.
+        is kept (``objective_``; ``restart_objectives_`` lists all; with ``checkpoint_dir`` and
+        ``n_init > 1`` restart i checkpoints to ``checkpoint_dir/restart-i``). ``history_`` holds
+        the per-epoch ELBO per datapoint. ``seed`` fixes every random choice.
         """
         if method not in METHODS:
             raise GMMError(f"method={method!r} is not known: use one of {METHODS}")
@@ -394,8 +396,13 @@ class GMM(nn.Module):
             fit_options.setdefault("lr_decay", 0.01 ** (1.0 / epochs))
             store = pyro.get_param_store()
             runs = []
-            for _ in range(n_init):
+            ckpt = fit_options.pop("checkpoint_dir", None)
+            for i in range(n_init):
                 self.setup(x, generator=gen)  # the start of EM's restart with this seed
+                if ckpt is not None:  # one checkpoint per restart, so each resumes its own
+                    fit_options["checkpoint_dir"] = (
+                        Path(ckpt) / f"restart-{i}" if n_init > 1 else ckpt
+                    )
                 with store.scope() as state:
                     result = svi_fit(
                         self.model, self.guide, x, epochs=epochs, batch_size=batch_size, lr=lr,

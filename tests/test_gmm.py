@@ -263,3 +263,24 @@ def test_duplicates_and_collapsing_components_stay_finite():
     # more components than distinct points: some collapse or empty out, all stay finite
     fit = em(torch.ones(6, 3, dtype=torch.float64), 3, generator=torch.Generator().manual_seed(0))
     assert math.isfinite(fit.mean_loglik) and bool(torch.isfinite(fit.covariances).all())
+
+
+def test_lkj_prior_lives_with_the_data():
+    """The LKJ concentration follows the data's dtype and device (a CPU float would meet CUDA
+    tensors in LKJCholesky.log_prob)."""
+    gmm = GMM(n_components=2, covariance="full")
+    x = torch.randn(50, 3, dtype=torch.float64)
+    gmm.setup(x, generator=torch.Generator().manual_seed(0))
+    prior = gmm._priors(x)["corr_chol"]
+    assert prior.concentration.dtype == torch.float64 and prior.concentration.device == x.device
+    assert prior.log_prob(torch.eye(3, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_svi_restarts_checkpoint_apart_and_resume_their_own(tmp_path):
+    x, _, _, _ = grid(200)
+    opts = dict(method="svi", seed=0, n_init=2, epochs=4, batch_size=200, lr=0.05)
+    first = GMM(6).fit(x.float(), checkpoint_dir=tmp_path, **opts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["restart-0", "restart-1"]
+    again = GMM(6).fit(x.float(), checkpoint_dir=tmp_path, resume=True, **opts)  # nothing to run
+    assert again.restart_objectives_ == pytest.approx(first.restart_objectives_, rel=1e-6)
+    assert first.restart_objectives_[0] != pytest.approx(first.restart_objectives_[1], rel=1e-6)
