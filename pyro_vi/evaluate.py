@@ -41,9 +41,20 @@ class EvaluationError(ValueError):
 
 def max_plate_nesting(model: Callable, guide: Callable, *args, **kwargs) -> int:
     """The deepest plate nesting in one trace of ``guide`` and ``model`` (creates the params)."""
+    return plate_nesting_of(*trace_pair(model, guide, *args, **kwargs))
+
+
+def trace_pair(model: Callable, guide: Callable, *args, **kwargs) -> tuple:
+    """One trace of ``guide`` and one of ``model`` replayed against it, without gradients and
+    hidden from enclosing handlers (creates the params)."""
     with torch.no_grad(), poutine.block():
         gt = poutine.trace(guide).get_trace(*args, **kwargs)
         mt = poutine.trace(poutine.replay(model, trace=gt)).get_trace(*args, **kwargs)
+    return gt, mt
+
+
+def plate_nesting_of(gt, mt) -> int:
+    """The deepest vectorized plate nesting over the sample sites of two traces."""
     dims = [
         -f.dim
         for tr in (gt, mt)

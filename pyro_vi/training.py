@@ -33,6 +33,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from .data import Dataset, Split
 from .distributed import setup as setup_distributed
 from .evaluate import elbo as elbo_per_datapoint
 from .evaluate import max_plate_nesting as plate_nesting
+from .evaluate import plate_nesting_of, trace_pair
 
 __all__ = ["fit", "FitResult", "FitError", "LOSSES", "resolve_device"]
 
@@ -198,6 +200,48 @@ def cached_modules() -> Iterator[list[str]]:
 def _module_of(fn) -> torch.nn.Module | None:
     owner = getattr(fn, "__self__", None)
     return owner if isinstance(owner, torch.nn.Module) else None
+
+
+def _unregistered(owners) -> str | None:
+    """After the first backward pass: a one-line error if a module whose method is the model or
+    guide has parameters that got a gradient but are not in Pyro's param store (``fit`` steps
+    only the store's tensors, so they would never train), else None. Parameters the loss does not
+    use (no gradient) are left alone."""
+    store = pyro.get_param_store()
+    held = {id(store.get_param(nm).unconstrained()) for nm in store.keys()}
+    for owner in owners:
+        names = [n for n, p in owner.named_parameters() if p.grad is not None and id(p) not in held]
+        if names:
+            return (
+                f"{len(names)} parameters of {type(owner).__name__} (e.g. {names[0]!r}) take part "
+                "in the loss but are not in Pyro's param store, so fit would never train them: "
+                "register the module with pyro.module(name, self) in the model or guide, or set "
+                "requires_grad=False on parameters meant to stay fixed"
+            )
+    return None
+
+
+def _unscaled_batch(mt, batch) -> str | None:
+    """A warning if no observed site of the model trace ``mt`` of ``batch`` is scaled up from the
+    batch to the data set.
+
+    With ``B < N`` rows per batch, :func:`pyro_vi.data.data_plate` (a subsampled plate) scales the
+    batch's log-likelihood by N/B, so the ELBO and its gradients estimate the full-data ones. A
+    model whose observed sites all keep scale 1 has another objective (global latents then see
+    the batch as the whole data set)."""
+    scales = [
+        site["scale"]
+        for site in mt.nodes.values()
+        if site["type"] == "sample" and site["is_observed"]
+    ]
+    if scales and all(float(torch.as_tensor(sc).max()) == 1.0 for sc in scales):
+        return (
+            f"the model's observations in a batch of {len(batch.x)} rows are not scaled to the "
+            f"{batch.size} rows of the data set, so fit optimizes a batch's ELBO, not the data "
+            "set's: put them in pyro_vi.data.data_plate(x, idx, size) (or pyro.plate('data', "
+            "size, subsample=idx))"
+        )
+    return None
 
 
 def _takes_y(fn) -> bool:
@@ -389,14 +433,18 @@ def fit(
     check_finite(train, "training")
     if valid is not None:
         check_finite(valid, "validation")
-    for owner in {_module_of(model), _module_of(guide)} - {None}:
+    owners = {_module_of(model), _module_of(guide)} - {None}
+    for owner in owners:
         owner.to(device)
     pass_y = _takes_y(model) and train.y is not None
-    if max_plate_nesting is None:  # one trace, before seeding: it also creates the params
-        first = next(train.batches(min(batch_size, len(train)), shuffle=False))
-        nesting = plate_nesting(model, guide, first.x, **_batch_kwargs(first, pass_y))
-    else:
-        nesting = max_plate_nesting
+    # one trace of a first batch, before seeding: it creates the params and tells the plate
+    # nesting and whether a batch's ELBO is scaled to the data set
+    first = next(train.batches(min(batch_size, len(train)), shuffle=False))
+    if max_plate_nesting is None or len(first.x) < len(train):
+        gt, mt = trace_pair(model, guide, first.x, **_batch_kwargs(first, pass_y))
+        if len(first.x) < len(train) and (problem := _unscaled_batch(mt, first)):
+            warnings.warn(problem, UserWarning, stacklevel=2)
+    nesting = plate_nesting_of(gt, mt) if max_plate_nesting is None else max_plate_nesting
     elbo = make_loss(loss, num_particles, vectorize_particles, jit, nesting)
     has_diff_loss = not isinstance(elbo, (pyro.infer.RenyiELBO, pyro.infer.TraceGraph_ELBO))
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
@@ -533,6 +581,9 @@ def fit(
                                 value = float(elbo.loss_and_grads(model, guide, batch.x, **kw))
                     if stale_modules:
                         raise FitError(stale_modules[0])
+                    if owners and (problem := _unregistered(owners)):
+                        raise FitError(problem)
+                    owners = None  # checked once, after the first step
                     if len(store) != len(opts):
                         opts.discover()
                         if opts.groups["sparse"] and captured is not None:

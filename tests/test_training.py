@@ -1,5 +1,7 @@
 """pyro_vi.fit: learning on real data, subsampling, resume bit-identity, NaN stops, bad options."""
 
+import warnings
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -50,6 +52,35 @@ def test_a_second_model_of_the_same_name_is_refused_not_left_untrained(digits):
     pyro.clear_param_store()
     fit(second.model, second.guide, digits, epochs=1, device="cpu", progress=False)
     assert not all(torch.equal(a, p) for a, p in zip(before, second.parameters(), strict=True))
+
+
+class _Regression(torch.nn.Module):
+    """y = net(x) + noise as a model with an empty guide; ``register`` says whether the model
+    calls pyro.module."""
+
+    def __init__(self, register: bool):
+        super().__init__()
+        self.net, self.register = torch.nn.Linear(3, 1), register
+
+    def model(self, x, idx=None, size=None):
+        if self.register:
+            pyro.module("reg", self)
+        with data_plate(x, idx, size):
+            pyro.sample("y", dist.Normal(self.net(x[:, :3]), 1.0).to_event(1), obs=x[:, 3:])
+
+    def guide(self, x, idx=None, size=None):
+        pass
+
+
+def test_a_module_left_out_of_the_param_store_is_refused():
+    pyro.clear_param_store()
+    x = torch.randn(64, 4)
+    with pytest.raises(FitError, match=r"2 parameters of _Regression \(e.g. 'net.weight'\)"):
+        fit(_Regression(False).model, _Regression(False).guide, x, epochs=1, device="cpu")
+    reg = _Regression(True)
+    before = reg.net.weight.detach().clone()
+    fit(reg.model, reg.guide, x, epochs=2, device="cpu", progress=False)
+    assert not torch.equal(before, reg.net.weight)
 
 
 def test_resume_is_bit_identical(digits, tmp_path):
@@ -244,3 +275,26 @@ def test_sparse_table_rows_outside_the_batch_do_not_move():
         assert torch.equal(after[out], before[out])
         moved_somewhere |= not torch.equal(after[idx], before[idx])
     assert moved_somewhere
+
+
+def test_a_batch_elbo_not_scaled_to_the_data_set_is_warned_about():
+    x = torch.randn(200, 4)
+
+    def model(x, idx=None, size=None, plate=True):
+        w = pyro.param("w", torch.zeros(3, 1))
+        with data_plate(x, idx, size) if plate else pyro.plate("rows", len(x)):
+            pyro.sample("y", dist.Normal(x[:, :3] @ w, 1.0).to_event(1), obs=x[:, 3:])
+
+    def guide(x, idx=None, size=None):
+        pass
+
+    def unscaled(x, idx=None, size=None):
+        model(x, idx, size, plate=False)
+
+    pyro.clear_param_store()
+    with pytest.warns(UserWarning, match="not scaled to the 200 rows"):
+        fit(unscaled, guide, x, epochs=1, batch_size=50, device="cpu", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the subsampled plate: no warning; one batch: none either
+        fit(model, guide, x, epochs=1, batch_size=50, device="cpu", progress=False)
+        fit(unscaled, guide, x, epochs=1, batch_size=200, device="cpu", progress=False)
