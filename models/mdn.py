@@ -54,6 +54,8 @@ class MDNError(ValueError):
 class MDN(nn.Module):
     """Mixture density network p(y | x) with K diagonal Gaussian components; see the module."""
 
+    cli_defaults = {"dataset": "inverse-sine", "loss": "enum"}  # what `pyro-vi fit mdn` runs
+
     def __init__(
         self,
         x_dim: int = 1,

@@ -101,6 +101,7 @@ class LanguageModel(nn.Module):
     """
 
     name = "text_lm"
+    cli_defaults = {"corpus": "wordnet"}  # what `pyro-vi fit text-lm|text-vae` reads
     eval_block = (256, 32)  # rows per call and particles per chunk when evaluating splits
     z_dim = 0
     latent_options: tuple[str, ...] = ()

@@ -51,9 +51,10 @@ def parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fit", help="fit a model/guide pair and write a run directory")
     f.add_argument("model", help="registered model name (e.g. vae)")
-    f.add_argument(
-        "--dataset", default="digits", help="digits, fashion-mnist, mnist, gaussian2d, ..."
-    )
+    f.add_argument("--dataset", default=None,
+                   help="digits, fashion-mnist, mnist, gaussian2d, ... (default: the model's "
+                        "own, e.g. inverse-sine for mdn, wordnet for text-vae; "
+                        "else digits)")  # fmt: skip
     f.add_argument("--binarize", default="auto", choices=["auto", "dynamic", "static", "none"],
                    help="auto: dynamic for image sets, none otherwise")  # fmt: skip
     f.add_argument("--likelihood", default=None, choices=["bernoulli", "normal"],
@@ -91,8 +92,9 @@ def parser() -> argparse.ArgumentParser:
                    help="mdn: z summed out exactly (use --loss enum) or hard EM")  # fmt: skip
     f.add_argument("--y-dim", type=_positive_int, default=None,
                    help="mdn: the last Y_DIM columns of a row are y (default 1)")  # fmt: skip
-    f.add_argument("--loss", default="elbo",
-                   choices=["elbo", "meanfield", "iwae", "tracegraph", "enum"])  # fmt: skip
+    f.add_argument("--loss", default=None,
+                   choices=["elbo", "meanfield", "iwae", "tracegraph", "enum"],
+                   help="default: the model's own (enum for mdn), else elbo")  # fmt: skip
     f.add_argument("--num-particles", type=_positive_int, default=1)
     f.add_argument("--anneal-epochs", type=int, default=0, help="epochs of linear KL warm-up")
     f.add_argument("--early-stopping", type=_positive_int, default=None, help="patience (epochs)")
@@ -132,6 +134,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _defaults(model: str) -> dict:
+    """What a registered model asks for when the command line does not say: its class's
+    ``cli_defaults`` (``dataset``, ``corpus``, ``loss``), over digits and the ELBO."""
+    from .models import REGISTRY
+
+    return {"dataset": "digits", "loss": "elbo", **getattr(REGISTRY.get(model), "cli_defaults", {})}
+
+
 def _check_applies(model: str, key: str) -> None:
     """A model-specific flag given for a registered model whose constructor does not take it."""
     import inspect
@@ -156,9 +166,10 @@ def _fit(a) -> dict | None:
         if getattr(a, key) is not None:
             model_options[key] = getattr(a, key)
             _check_applies(a.model, key)
+    defaults = _defaults(a.model)
     fit_options = dict(
         epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, lr_decay=a.lr_decay,
-        optimizer=a.optimizer, loss=a.loss, num_particles=a.num_particles,
+        optimizer=a.optimizer, loss=a.loss or defaults["loss"], num_particles=a.num_particles,
         anneal_epochs=a.anneal_epochs, early_stopping=a.early_stopping,
         checkpoint_every=a.checkpoint_every, capture=False if a.no_capture else "auto",
     )  # fmt: skip
@@ -171,9 +182,11 @@ def _fit(a) -> dict | None:
             figures=not a.no_figures, argv=sys.argv,
         )  # fmt: skip
     dataset, data_options = a.dataset, {}
-    if a.corpus is not None:  # sentences: token ids with a capped vocabulary
-        dataset = a.corpus
+    corpus = a.corpus or (defaults.get("corpus") if a.dataset is None else None)
+    if corpus is not None:  # sentences: token ids with a capped vocabulary
+        dataset = corpus
         data_options = dict(text=True, vocab_size=a.vocab_size, max_len=a.max_len)
+    dataset = dataset or defaults["dataset"]
     out = a.out or f"runs/{a.model}-{Path(dataset).stem}"
     return train_run(
         a.model, out, dataset=dataset, binarize=None if a.binarize == "none" else a.binarize,

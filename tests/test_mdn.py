@@ -155,8 +155,8 @@ def test_bad_options_and_data():
 
 def test_cli_fits_an_mdn(tmp_path, capsys, one_thread):
     out = tmp_path / "mdn"
-    argv = ["fit", "mdn", "--dataset", "inverse-sine", "--components", "3", "--hidden", "16",
-            "--loss", "enum", "--epochs", "2", "--batch-size", "512", "--lr", "1e-2",
+    argv = ["fit", "mdn", "--components", "3", "--hidden", "16",  # the MDN's own data and loss
+            "--epochs", "2", "--batch-size", "512", "--lr", "1e-2",
             "--iwae-k", "10", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -169,6 +169,7 @@ def test_cli_fits_an_mdn(tmp_path, capsys, one_thread):
     assert m["test_elbo"] == pytest.approx(exact, abs=1e-4) == printed["test_log_px"]
     c = json.loads((out / "config.json").read_text())
     assert c["model_config"]["components"] == 3 and c["fit_options"]["loss"] == "enum"
+    assert c["dataset"] == "inverse-sine"
     assert (out / "density.png").read_bytes()[:4] == b"\x89PNG"
     png = tmp_path / "samples.png"  # rows [x, y ~ p(y | x)] as a scatter
     assert main(["sample", str(out), "-n", "50", "--out", str(png)]) == 0
@@ -202,3 +203,17 @@ def test_cli_bad_mdn_input(tmp_path, capsys, extra, match):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and match in err, err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_cli_options_override_the_models_defaults(tmp_path, one_thread):
+    out = tmp_path / "map"
+    argv = ["fit", "mdn", "--dataset", "iris-petal", "--mode", "map", "--loss", "elbo",
+            "--hidden", "8", "--epochs", "1", "--iwae-k", "0", "--no-figures",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    c = json.loads((out / "config.json").read_text())
+    assert (c["dataset"], c["fit_options"]["loss"], c["model_config"]["mode"]) == (
+        "iris-petal",
+        "elbo",
+        "map",
+    )
