@@ -151,7 +151,7 @@ class _ScaleLatents(Messenger):
 
 
 @contextmanager
-def cached_modules() -> Iterator[list[str]]:
+def cached_modules(cache: bool = True) -> Iterator[list[str]]:
     """Skip re-registering an ``nn.Module`` whose parameters already are the param store's own.
 
     ``pyro.module`` walks every parameter through Pyro's effect stack on every call; once a
@@ -161,6 +161,10 @@ def cached_modules() -> Iterator[list[str]]:
     Yields a list that collects a message for each module whose tensors are *not* the store's
     (a second model registered under a name an earlier one left in the store): the optimizer
     steps the store's tensors, so such a module would silently never train.
+
+    ``cache=False`` only checks: Pyro's ``loss_and_grads`` of ``RenyiELBO`` (and of Trace_ELBO and
+    TraceEnum_ELBO) back-propagates only when the traces hold ``param`` sites, which a cached
+    registration does not leave.
     """
     original = pyro.primitives.module
     store = pyro.get_param_store()
@@ -169,7 +173,7 @@ def cached_modules() -> Iterator[list[str]]:
 
     def module(name, nn_module, update_module_params=False):
         key = seen.get(name)
-        if key is not None and key == (id(nn_module), len(store)):
+        if cache and key is not None and key == (id(nn_module), len(store)):
             return nn_module
         out = original(name, nn_module, update_module_params)
         prefix = name + "$$$"
@@ -553,7 +557,7 @@ def fit(
             if ddp is not None:
                 ddp.seed_epoch(seed, epoch)
             total, beta = 0.0, 1.0
-            with cached_modules() if not jit else nullcontext([]) as stale_modules:
+            with cached_modules(has_diff_loss) if not jit else nullcontext([]) as stale_modules:
                 for batch in train.batches(batch_size, generator=gen):
                     if ddp is not None:  # this rank's slice of the global batch
                         batch, weight = ddp.shard(batch)

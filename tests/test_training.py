@@ -7,7 +7,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vi import fit
+from pyro_vi import elbo, fit
 from pyro_vi.checkpoint import load_checkpoint
 from pyro_vi.data import Split, data_plate, load
 from pyro_vi.models import VAE
@@ -208,10 +208,18 @@ def test_fit_on_cuda(digits):
 
 @pytest.mark.parametrize("loss, k", [("meanfield", 1), ("iwae", 4), ("elbo", 3), ("tracegraph", 1)])
 def test_objectives_train(digits, loss, k):
+    """Every objective moves the VAE: two epochs lift the validation ELBO ~9 nats above the
+    untrained -44 (Pyro's own SVI loop with RenyiELBO: -35.0). The bound, 5 nats, is over 50
+    Monte-Carlo standard errors of a one-particle ELBO averaged over the 180 validation images
+    (measured: 0.06 untrained, 0.09 after two epochs); a step that computes a loss but no
+    gradients stays near -44 (as "iwae" did when cached registrations hid the param sites)."""
     vae = _vae(digits)
+    xv = digits.valid.evaluation_x(0)
+    with torch.no_grad():
+        before = float(elbo(vae.model, vae.guide, xv, num_particles=10).mean())
     r = fit(vae.model, vae.guide, digits, epochs=2, batch_size=128, loss=loss, num_particles=k,
             lr=3e-3, device="cpu")  # fmt: skip
-    assert r.history[-1]["valid_elbo"] > -46
+    assert r.history[-1]["valid_elbo"] > before + 5
 
 
 def test_annealing_and_early_stopping(digits):
