@@ -112,6 +112,7 @@ class Draws:
     observed: dict[str, torch.Tensor]
     data_index: torch.Tensor | None
     tolerance: float
+    tolerance_local: torch.Tensor | None = None
     random_globals: bool = False
     fixed_globals: set[str] = field(default_factory=set)
 
@@ -441,8 +442,16 @@ def _draw(model, guide, args, kwargs, num_samples, nesting, vectorize, enum, chu
         key: cat_terms(key, n_data if key.endswith("local") else 1)
         for key in ("log_q_global", "log_p_global", "log_q_local", "log_p_local")
     }
+    # float rounding of a log weight grows with the magnitudes summed into it: the joint weight's
+    # with the terms of all datapoints, one datapoint's (a column of the local weights) with its own
+    eps = 64 * torch.finfo(dtype).eps
     scale = max([1.0] + [float(v.abs().sum(-1).max()) for v in terms.values()])
     scale = max([scale] + [float(v.abs().sum(-1).max()) for v in lik.values()])
+    local_tol = None
+    if has_data:
+        size = terms["log_q_local"].abs() + terms["log_p_local"].abs()
+        size = size + sum((v.abs() for v in lik.values()), torch.zeros_like(size))
+        local_tol = eps * size.amax(0).clamp_min(1.0)
     fixed = {k for k in glob if bool((values[k] == values[k][:1]).all())}
     return Draws(
         num_samples=num_samples,
@@ -460,26 +469,31 @@ def _draw(model, guide, args, kwargs, num_samples, nesting, vectorize, enum, chu
         predictive=predictive,
         observed=observed,
         data_index=first["data_index"] if has_data else None,
-        tolerance=64 * torch.finfo(dtype).eps * scale,
+        tolerance=eps * scale,
+        tolerance_local=local_tol,
         random_globals=bool(glob - fixed),
         fixed_globals=fixed,
     )
 
 
 # ----------------------------------------------------------------------------- PSIS
-def psis(log_weights: torch.Tensor, tolerance: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def psis(
+    log_weights: torch.Tensor, tolerance: float | torch.Tensor = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pareto-smoothed, self-normalized log weights and the Pareto shape k-hat.
 
     ``log_weights`` has the draws first: shape (S,) gives one k-hat, (S, N) one per column.
-    Columns whose spread is at most ``tolerance`` are constant weights: left uniform, with
-    k-hat = -inf (no tail). The smoothing is ArviZ's :func:`arviz.psislw` (float64).
+    Columns whose spread is at most ``tolerance`` (one value, or one per column) are constant
+    weights: left uniform, with k-hat = -inf (no tail). The smoothing is ArviZ's
+    :func:`arviz.psislw` (float64).
     """
     lw = log_weights.detach().to("cpu", torch.float64)
     flat = lw.reshape(lw.shape[0], -1).T.numpy().copy()  # (columns, S)
     smoothed, khat = az.psislw(flat, reff=1.0)
     khat = np.atleast_1d(np.asarray(khat, dtype=float)).copy()
     smoothed = np.atleast_2d(smoothed)
-    constant = (flat.max(-1) - flat.min(-1)) <= tolerance
+    tol = torch.as_tensor(tolerance, dtype=torch.float64).detach().cpu().reshape(-1).numpy()
+    constant = (flat.max(-1) - flat.min(-1)) <= tol
     khat[constant] = -np.inf
     smoothed[constant] = -math.log(flat.shape[1])
     out = torch.as_tensor(smoothed.T.reshape(lw.shape), device=log_weights.device)
@@ -512,8 +526,10 @@ class PSISResult:
         """The sample-size-dependent bound min(1 - 1/log10(S), 0.7) (Vehtari et al. 2024)."""
         return min(1.0 - 1.0 / math.log10(self.num_samples), 0.7)
 
-    def bad(self, threshold: float = 0.7) -> torch.Tensor:
-        """Dataset indices (pointwise) or positions of the k-hats above ``threshold``."""
+    def bad(self, threshold: float | None = None) -> torch.Tensor:
+        """Dataset indices (pointwise) or positions of the k-hats above ``threshold`` (default
+        :attr:`threshold`, the bound for this number of draws)."""
+        threshold = self.threshold if threshold is None else threshold
         where = torch.nonzero(self.khat.reshape(-1) > threshold).reshape(-1)
         if self.pointwise and self.data_index is not None:
             return self.data_index.to(where.device)[where]
@@ -559,14 +575,6 @@ class PSISResult:
         )
 
 
-def _pointwise_weights(d: Draws) -> torch.Tensor:
-    """The log weights each datapoint's posterior needs: its own term when the globals are fixed
-    (the posterior factorizes), the joint weight otherwise; shape (S, N)."""
-    if d.random_globals:
-        return d.log_weight[:, None].expand(-1, d.log_weight_local.shape[1])
-    return d.log_weight_local + d.log_weight_global[:, None]
-
-
 def psis_khat(
     model: Callable,
     guide: Callable,
@@ -601,7 +609,7 @@ def psis_khat(
         lw = d.log_weight_local
     else:
         lw = d.log_weight
-    smoothed, khat = psis(lw, d.tolerance)
+    smoothed, khat = psis(lw, d.tolerance_local if pointwise else d.tolerance)
     return PSISResult(khat, lw, smoothed, d.values, bool(pointwise), d.data_index)
 
 
@@ -668,6 +676,8 @@ def to_inference_data(
     idata = az.from_dict(**groups, coords=_coords(d), dims=dims)
     idata.sample_stats.attrs["random_globals"] = int(d.random_globals)
     idata.sample_stats.attrs["khat_tolerance"] = float(d.tolerance)
+    if d.tolerance_local is not None:
+        idata.sample_stats.attrs["khat_tolerance_local"] = _np(d.tolerance_local.double())
     return idata
 
 
@@ -730,6 +740,8 @@ def loo(idata: az.InferenceData, var_name: str | None = None) -> ELPDData:
         lw = torch.as_tensor(stats["log_weight_local"].values[0], dtype=torch.float64)
     s, n = lik.shape
     tol = float(stats.attrs.get("khat_tolerance", 0.0))
+    if not stats.attrs.get("random_globals", 1) and "khat_tolerance_local" in stats.attrs:
+        tol = torch.as_tensor(np.asarray(stats.attrs["khat_tolerance_local"], dtype=float))
     post, _ = psis(lw.expand(s, n).contiguous(), tol)
     ratios, khat = psis(lw - lik, tol)
     loo_i = torch.logsumexp(ratios + lik, 0)

@@ -5,10 +5,12 @@ Each simulation draws :math:`\theta_0 \sim p(\theta)` and :math:`y \sim p(y \mid
 (re)fits the guide to :math:`y` when asked, and draws :math:`\theta_1..\theta_L \sim
 q(\theta \mid y)`. For every scalar latent component:
 
-- **SBC**: the rank :math:`r = \#\{l : \theta_l < \theta_0\} \in \{0..L\}`. If q is the exact
-  posterior, :math:`\theta_0` and the :math:`\theta_l` are exchangeable draws from the joint, so
-  :math:`r` is uniform on :math:`\{0..L\}`; :meth:`SBCResult.chi2` tests that on ``bins`` equal
-  bins (``(L + 1) % bins == 0``).
+- **SBC**: the rank :math:`r = \#\{l : \theta_l < \theta_0\} \in \{0..L\}`, ties
+  (discrete latents) broken at random, :math:`r = \#\{\theta_l < \theta_0\} + \lfloor U
+  (\#\{\theta_l = \theta_0\} + 1) \rfloor`, :math:`U \sim \mathcal U(0, 1)`. If q is the
+  exact posterior, :math:`\theta_0` and the :math:`\theta_l` are exchangeable draws from the
+  joint, so :math:`r` is uniform on :math:`\{0..L\}`; :meth:`SBCResult.chi2` tests that on
+  ``bins`` equal bins (``(L + 1) % bins == 0``).
 - **VSBC**: the posterior probability :math:`p = \Pr_q(\theta < \theta_0)` (= r / L). For an
   exact posterior it is uniform, and a guide whose marginals are unbiased gives a distribution of
   p symmetric about 1/2; :meth:`SBCResult.vsbc_test` compares p with 1 - p by a two-sample
@@ -79,6 +81,11 @@ class SBCResult:
         least 5 expected counts per bin (at most 20 bins).
         """
         bins = bins or self.default_bins()
+        if bins < 2:
+            raise DiagnosticsError(
+                f"L + 1 = {self.num_draws + 1} has no divisor in 2..20 leaving 5 simulations per "
+                "bin: choose num_draws with num_draws + 1 divisible by, e.g., 10 (num_draws=99)"
+            )
         if (self.num_draws + 1) % bins:
             raise DiagnosticsError(
                 f"bins={bins} does not divide L + 1 = {self.num_draws + 1}: pick a divisor"
@@ -142,6 +149,7 @@ def sbc(
         )
     make_args = make_args or _first_arg
     pyro.set_rng_seed(seed)
+    ties = np.random.default_rng(seed)  # breaks ties of discrete draws with the true value
     with torch.no_grad():
         prior = _prior_draws(model, *args, num_samples=num_simulations, **kwargs)
     truth = {k: v for group in prior.values() for k, (v, _) in group.items()}
@@ -176,5 +184,8 @@ def sbc(
                     f"of shape {tuple(draws.shape[1:])}"
                 )
             rank = (draws < t0).sum(0).cpu().numpy()
+            equal = (draws == t0).sum(0).cpu().numpy()
+            if equal.any():  # uniform among the tied positions (Talts et al. 2018)
+                rank = rank + np.floor(ties.random(equal.shape) * (equal + 1)).astype(rank.dtype)
             ranks.setdefault(name, []).append(rank)
     return SBCResult({k: np.stack(v) for k, v in ranks.items()}, num_draws)
