@@ -158,7 +158,9 @@ def elbo(
     """Per-datapoint ELBO estimate, shape (N,), averaged over ``num_particles`` particles.
 
     Differentiable when grad mode is on (a plain estimate: no score-function terms are added for
-    non-reparameterizable sites). Global terms enter as ``term / N`` per datapoint.
+    non-reparameterizable sites). Global terms enter as ``term / N`` per datapoint, N the data
+    set's size: ``size=`` when the rows are a subsample (``idx=``, ``size=``), else the rows
+    given; so the values of all rows, or of all batches of an epoch, sum to the full-data ELBO.
     """
     if num_particles < 1:
         raise EvaluationError(f"num_particles={num_particles}: use at least 1")
@@ -170,7 +172,8 @@ def elbo(
         local, global_ = log_weights(
             model, guide, *args, num_particles=n, nesting=nesting, **kwargs
         )
-        total = total + (local + global_[:, None] / local.shape[1]).sum(0)
+        n_data = kwargs.get("size") or local.shape[1]
+        total = total + (local + global_[:, None] / n_data).sum(0)
     return total / num_particles
 
 

@@ -450,7 +450,7 @@ def fit(
             warnings.warn(problem, UserWarning, stacklevel=2)
     nesting = plate_nesting_of(gt, mt) if max_plate_nesting is None else max_plate_nesting
     elbo = make_loss(loss, num_particles, vectorize_particles, jit, nesting)
-    has_diff_loss = not isinstance(elbo, (pyro.infer.RenyiELBO, pyro.infer.TraceGraph_ELBO))
+    has_diff_loss = callable(getattr(elbo, "differentiable_loss", None))  # not Renyi, TraceGraph
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
 
     pyro.set_rng_seed(seed)
