@@ -97,13 +97,14 @@ def test_2d_density_integrates_to_one(kind, base):
     flow = randomize(BUILDERS[kind](2), seed=3, std=0.15).double().eval()
     density = FlowDensity(flow, base=base).double()
     # Riemann sum on [-12, 12]^2; the smooth density's quadrature error is far below 1e-3, and
-    # the mass outside the box is below 1e-4 for these mildly perturbed flows
+    # the mass outside the box is below 1e-4 for these mildly perturbed flows (the error seen is
+    # at most 5.6e-5): 1e-3 bounds both
     h = 24.0 / 600
     t = torch.arange(-12.0 + h / 2, 12.0, h, dtype=torch.float64)
     grid = torch.cartesian_prod(t, t)
     with torch.no_grad():
         mass = density.log_prob(grid).exp().sum().item() * h * h
-    assert abs(mass - 1.0) < 0.01
+    assert abs(mass - 1.0) < 1e-3, mass
 
 
 @pytest.mark.parametrize("builder", [conditional_nice, conditional_realnvp])

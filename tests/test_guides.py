@@ -12,6 +12,7 @@ from pyro import poutine
 
 from pyro_vi import elbo, fit
 from pyro_vi.data import data_plate
+from pyro_vi.evaluate import log_weights
 from pyro_vi.gaps import amortization_gaps
 from pyro_vi.guides import (
     GuideError,
@@ -41,18 +42,32 @@ def conjugate_data(n=N):
 
 
 def test_per_datapoint_guide_reaches_exact_log_marginal_under_subsampling():
-    """Diagonal-Gaussian exact posterior: the fitted ELBO is log p(x) within 0.5 % (and the
-    tables hold the posterior means and standard deviations)."""
+    """Diagonal-Gaussian exact posterior: the fitted ELBO falls short of log p(x) by exactly
+    KL(q || p(z|x)), computed from the tables, and that KL is small (the tables hold the
+    posterior means and standard deviations)."""
     x = conjugate_data()
     guide = PerDatapointGuide(conjugate_model, N)
     fit(conjugate_model, guide, x, epochs=80, batch_size=32, lr=0.3, lr_decay=0.95,
         num_particles=16, device="cpu", validate=False, progress=False)  # fmt: skip
     exact = dist.Normal(0.0, math.sqrt(1 + S**2)).log_prob(x).sum()
     fitted = elbo(conjugate_model, guide, x, num_particles=500).detach().sum()
-    assert abs(float(fitted / exact) - 1) < 0.005, (float(fitted), float(exact))
     q = guide.params("z")
-    assert (q["loc"] - x / (1 + S**2)).abs().mean() < 0.05
-    assert (q["scale"].mean() - S / math.sqrt(1 + S**2)).abs() < 0.02
+    post_loc, post_scale = x / (1 + S**2), S / math.sqrt(1 + S**2)
+    kl = torch.distributions.kl_divergence(
+        dist.Normal(q["loc"], q["scale"]), dist.Normal(post_loc, post_scale)
+    )
+    # log p(x) - ELBO(q) = KL(q || p(z|x)) exactly; the 500-particle estimate's s.e. is
+    # sqrt(sum_i var(log w_i) / 500), from fresh log weights of the fitted guide. 4 s.e.
+    with torch.no_grad():
+        lw = log_weights(conjugate_model, guide, x, num_particles=500, nesting=1)[0]
+    se = math.sqrt(lw.var(0).sum() / 500)
+    gap, kl_sum = float(exact - fitted), float(kl.sum())
+    assert abs(gap - kl_sum) < 4 * se, (gap, kl_sum, se)
+    # the optimisation bound (analytic, no Monte-Carlo error): summed over the 64 datapoints the
+    # KL is 0.64-0.82 nats over fit seeds 0-40; 1.5 nats = 0.006 nats per latent coordinate
+    assert kl_sum < 1.5
+    assert (q["loc"] - post_loc).abs().mean() < 0.05
+    assert (q["scale"].mean() - post_scale).abs() < 0.02
 
 
 def test_rows_outside_the_batch_keep_values_and_adam_moments(monkeypatch):
@@ -210,7 +225,7 @@ def test_semi_amortized_trains_with_fit_and_k0_is_amortized():
     torch.testing.assert_close(a, b)
 
 
-def test_amortization_gaps_decompose_and_are_nonnegative():
+def test_amortization_gaps_are_nonnegative():
     vae, x = small_vae()
     sa = SemiAmortizedELBO(steps=10, inner_lr=0.1)
     gaps = amortization_gaps(vae.model, vae, x, num_samples=500, elbo_particles=100,
@@ -219,12 +234,19 @@ def test_amortization_gaps_decompose_and_are_nonnegative():
     for k in ("amortized_elbo", "local_elbo", "log_px", "refined_elbo", "amortization_gap",
               "approximation_gap", "semi_amortized_gap", "inference_gap"):  # fmt: skip
         assert gaps[k].shape == (len(x),) and math.isfinite(m[k])
-    assert m["amortization_gap"] > 1.0 and m["approximation_gap"] > -0.05
-    assert m["amortization_gap"] > m["semi_amortized_gap"]
-    torch.testing.assert_close(
-        gaps["inference_gap"], gaps["approximation_gap"] + gaps["amortization_gap"]
-    )
     assert not any(k.startswith("_gaps_local") for k in pyro.get_param_store().keys())
+    assert m["amortization_gap"] > 1.0
+    assert m["amortization_gap"] > m["semi_amortized_gap"]
+    # the approximation gap is IWAE-500 minus a 100-particle ELBO of the same local q*: >= 0 in
+    # expectation. Its s.e. from fresh log weights of q* (fit_local is seeded: the same q*):
+    # var(ELBO_i) = var(log w_i) / 100, var(IWAE-K_i) = var(w_i / mean w_i) / K (delta method).
+    # One-sided, 4 s.e.
+    local = fit_local(vae.model, x, init=vae.guide, steps=200, lr=0.05, name="_gaps_local")
+    with torch.no_grad():
+        lw = log_weights(vae.model, local, x, num_particles=2000, nesting=1)[0]
+    rel_w = (lw - lw.logsumexp(0)).exp() * len(lw)
+    se = math.sqrt(lw.var(0).sum() / 100 + rel_w.var(0).sum() / 500) / len(x)
+    assert m["approximation_gap"] > -4 * se, (m["approximation_gap"], se)
 
 
 def test_guide_normal_params_refuses_non_normal_sites():

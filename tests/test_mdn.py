@@ -186,7 +186,9 @@ def test_sample_draws_from_the_mixture():
     with torch.no_grad():
         logits, loc, scale = m.mixture(inp[:1])
         mean = (logits.softmax(-1)[..., None] * loc).sum(-2)[0]
-    torch.testing.assert_close(y.mean(0), mean, atol=0.05, rtol=0)
+    # the sample mean is the mixture mean within 5 Monte-Carlo s.e. per coordinate (sd / sqrt(n))
+    se = y.std(0) / math.sqrt(len(y))
+    assert bool(((y.mean(0) - mean).abs() < 5 * se).all()), (y.mean(0) - mean) / se
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,12 @@ the prior is a density, training and evaluation go through fit / log_marginal / 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
-from test_flows import randomize  # tests/ is on sys.path (rootdir-relative import mode)
+from test_cli import mc_se  # tests/ is on sys.path (rootdir-relative import mode)
+from test_flows import randomize
 
 from pyro_vi import elbo, fit, log_marginal
 from pyro_vi.cli import main
@@ -53,7 +55,7 @@ def test_flow_prior_integrates_to_one(kind):
     grid = torch.cartesian_prod(t, t)
     with torch.no_grad():
         mass = vae.prior(len(grid), grid).log_prob(grid).exp().sum().item() * h * h
-    assert abs(mass - 1.0) < 0.01
+    assert abs(mass - 1.0) < 1e-3, mass  # the bound the comment above derives
 
 
 def test_flow_vae_trains_evaluates_and_round_trips(one_thread):
@@ -83,7 +85,10 @@ def test_cli_flow_options(tmp_path, capsys, one_thread):
         "nice", "realnvp", 2)  # fmt: skip
     capsys.readouterr()
     assert main(["evaluate", str(out), "--iwae-k", "20"]) == 0
-    assert json.loads(capsys.readouterr().out)["test_log_px"] < 0
+    log_px = json.loads(capsys.readouterr().out)["test_log_px"]
+    # a coin flip per pixel scores -64 log 2 = -44.4 nats; after one epoch the flow VAE beats it
+    # (by about 1 nat) beyond 4 Monte-Carlo s.e. of the IWAE-20 mean (delta method)
+    assert log_px > -64 * math.log(2) + 4 * mc_se(out, iwae_k=20)["test_log_px"], log_px
     # bad input: one line, exit 2, nothing written
     for argv, match in (
         (["fit", "cvae", "--guide-flow", "nice"], "--guide-flow does not apply to model 'cvae'"),
