@@ -135,6 +135,7 @@ def _work(out: Path, mp: pytest.MonkeyPatch) -> None:
         code = main([*CLI, "--out", str(out / "run")])
     report = dict(writes=writes, stdout=stdout.getvalue(), code=code)
     (out / f"writes-{rank}.json").write_text(json.dumps(report))
+    torch_dist.barrier()  # neither rank tears its group down while the other still uses it
 
 
 def _free_port() -> int:
@@ -280,3 +281,4 @@ def test_shards_are_disjoint_slices_weighted_by_size():
 
 if __name__ == "__main__":
     _worker(Path(sys.argv[1]))
+    torch_dist.destroy_process_group()  # an orderly exit: gloo's threads stop before Python's
