@@ -151,8 +151,9 @@ def train_run(
     fit_options = dict(fit_options or {})
     model_options = dict(model_options or {})
     data_options = dict(data_options or {})
+    saved_config = read_config(out) if resume else None
     if resume and device == "auto":  # the device type the run was written on, where there is one
-        saved = torch.device(read_config(out).get("device", "cpu")).type
+        saved = torch.device(saved_config.get("device", "cpu")).type
         device = saved if saved != "cuda" or torch.cuda.is_available() else "auto"
     dev = resolve_device(device)
     ddp = setup_distributed(dev) if fit_options.pop("distributed", False) else None
@@ -160,7 +161,7 @@ def train_run(
     if ddp is not None:
         dev = ddp.device
     if resume:
-        config = read_config(out)
+        config = saved_config
         model_name, dataset, binarize = config["model"], config["dataset"], config["binarize"]
         seed, model_options = config["seed"], config["model_options"]
         data_options = config.get("data_options", {})
