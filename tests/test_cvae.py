@@ -9,9 +9,9 @@ import numpy as np
 import pyro
 import pytest
 import torch
+from mc_error import mc_se  # tests/ is on sys.path (pytest's default import mode)
 from pyro import poutine
 from pyro.distributions import Bernoulli
-from test_cli import mc_se  # tests/ is on sys.path (rootdir-relative import mode)
 
 from pyro_vi import elbo, fit, log_marginal
 from pyro_vi.cli import main

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from test_cli import mc_se  # tests/ is on sys.path (rootdir-relative import mode)
+from mc_error import mc_se  # tests/ is on sys.path (pytest's default import mode)
 from test_flows import randomize
 
 from pyro_vi import elbo, fit, log_marginal
