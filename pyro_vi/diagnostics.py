@@ -47,16 +47,18 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import arviz as az
 import numpy as np
 import pyro
 import torch
-import xarray as xr
-from arviz.stats.stats_utils import ELPDData
 from pyro import poutine
 
 from .evaluate import max_plate_nesting
+
+if TYPE_CHECKING:
+    import arviz as az
+    from arviz.stats.stats_utils import ELPDData
 
 __all__ = [
     "DiagnosticsError",
@@ -78,6 +80,15 @@ PSIS_MIN_SAMPLES = (
     21  # the smallest S whose Pareto tail (ceil(S/5) draws) has the 5 draws a fit needs
 )
 _PARTICLES = "_pyro_vi_draws"
+
+
+def arviz():
+    """ArviZ, imported on first use and without its daily "major refactor" FutureWarning (a
+    notice about ArviZ 1.x, not about anything the caller did)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "\\s*ArviZ is undergoing", FutureWarning)
+        import arviz as az
+    return az
 
 
 class DiagnosticsError(ValueError):
@@ -366,7 +377,10 @@ def draw(
             except (RuntimeError, ValueError, IndexError) as e:
                 warnings.warn(
                     f"vectorized draws failed ({type(e).__name__}: {str(e)[:100]}); drawing one "
-                    "at a time (pass vectorize=False to skip the attempt)",
+                    "at a time, which is slower. The model or guide likely indexes or reshapes "
+                    "from the left (z[:, None], expand([len(x), d])), which a leading draws "
+                    "dimension breaks: index from the right (z[..., None], expand(z.shape + "
+                    "(d,))) to vectorize, or pass vectorize=False to skip the attempt",
                     stacklevel=2,
                 )
                 vectorize = False
@@ -489,7 +503,7 @@ def psis(
     """
     lw = log_weights.detach().to("cpu", torch.float64)
     flat = lw.reshape(lw.shape[0], -1).T.numpy().copy()  # (columns, S)
-    smoothed, khat = az.psislw(flat, reff=1.0)
+    smoothed, khat = arviz().psislw(flat, reff=1.0)
     khat = np.atleast_1d(np.asarray(khat, dtype=float)).copy()
     smoothed = np.atleast_2d(smoothed)
     tol = torch.as_tensor(tolerance, dtype=torch.float64).detach().cpu().reshape(-1).numpy()
@@ -566,12 +580,28 @@ class PSISResult:
             )
         return (w.reshape((-1,) + (1,) * (values.dim() - 1)) * values).sum(0)
 
+    def __float__(self) -> float:
+        """The global k-hat as a number; a pointwise result has one per datapoint."""
+        if self.pointwise or self.khat.numel() != 1:
+            raise DiagnosticsError(
+                f"this k-hat is pointwise ({self.khat.numel()} values, one per datapoint), not one "
+                "number: use .khat (a tensor), .bad() (the datapoints above the threshold) or "
+                ".summary()['max']"
+            )
+        return float(self.khat.reshape(()))
+
     def __repr__(self) -> str:
         s = self.summary()
-        kind = f"{s['n']} datapoints" if self.pointwise else "global"
+        if not self.pointwise and s["n"] == 1:
+            verdict = "ok" if s["max"] <= self.threshold else "above threshold"
+            return (
+                f"PSISResult(global k-hat={s['max']:.3f}, S={self.num_samples}, "
+                f"threshold={self.threshold:.3f}: {verdict})"
+            )
         return (
-            f"PSISResult({kind}, S={self.num_samples}, max k-hat={s['max']:.3f}, "
-            f"share above 0.7={s['share_above_0.7']:.3f})"
+            f"PSISResult({s['n']} datapoints, S={self.num_samples}, max k-hat={s['max']:.3f}, "
+            f"share above 0.7={s['share_above_0.7']:.3f}, above threshold "
+            f"{self.threshold:.3f}: {len(self.bad())})"
         )
 
 
@@ -673,7 +703,7 @@ def to_inference_data(
         pt = _prior_draws(model, *args, num_samples=num_samples, **kwargs)
         groups["prior"] = {k: ch(v) for k, (v, _) in pt["latent"].items() if k in names}
         groups["prior_predictive"] = {k: ch(v) for k, (v, _) in pt["observed"].items()}
-    idata = az.from_dict(**groups, coords=_coords(d), dims=dims)
+    idata = arviz().from_dict(**groups, coords=_coords(d), dims=dims)
     idata.sample_stats.attrs["random_globals"] = int(d.random_globals)
     idata.sample_stats.attrs["khat_tolerance"] = float(d.tolerance)
     if d.tolerance_local is not None:
@@ -751,6 +781,10 @@ def loo(idata: az.InferenceData, var_name: str | None = None) -> ELPDData:
     good_k = min(1 - 1 / math.log10(s), 0.7)
     coord = ll[var_name].dims[2] if ll[var_name].ndim > 2 else DATA_PLATE
     coords = {coord: ll[var_name].coords[coord].values} if coord in ll[var_name].coords else {}
+    arviz()  # the quiet first import, before its submodules
+    import xarray as xr
+    from arviz.stats.stats_utils import ELPDData
+
     loo_i_da = xr.DataArray(_np(loo_i), dims=[coord], coords=coords, name="loo_i")
     k_da = xr.DataArray(_np(khat), dims=[coord], coords=coords, name="pareto_shape")
     warn = bool((khat > good_k).any())

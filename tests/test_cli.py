@@ -5,6 +5,8 @@ import json
 import math
 import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -209,3 +211,42 @@ def test_resume_on_another_device_type_is_refused(run_dir, tmp_path, capsys):
     state["rng"]["data"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state
     torch.save(state, d / "checkpoint.pt")
     _bad(capsys, ["fit", "vae", "--resume", str(d), "--epochs", "3"], "another kind of device")
+
+
+def _fresh(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``code`` in a new interpreter (nothing imported yet), with Python's default warning filters
+    (pytest's ``filterwarnings`` do not reach it)."""
+    env = {k: v for k, v in (env or os.environ).items() if k != "PYTHONWARNINGS"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=600)  # fmt: skip
+
+
+def test_import_pyro_vi_reaches_the_public_api_and_loads_lazily():
+    run = _fresh(
+        "import sys, pyro_vi\n"
+        "heavy = [m for m in ('torch', 'pyro', 'arviz', 'matplotlib') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "print(type(pyro_vi.flows.nice(4)).__name__)\n"
+        "assert callable(pyro_vi.data.load) and pyro_vi.models.VAE.__name__ == 'VAE'\n"
+        "assert callable(pyro_vi.diagnostics.loo) and callable(pyro_vi.sbc)\n"
+        "import pyro_vi.calibration\n"
+        "assert pyro_vi.sbc is pyro_vi.calibration.sbc\n"
+        "assert 'arviz' not in sys.modules and 'matplotlib' not in sys.modules\n"
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "Flow"
+
+
+def test_help_and_a_short_fit_print_no_warnings(tmp_path):
+    """No warning a user did not cause: ArviZ's daily "major refactor" FutureWarning came from an
+    import where no diagnostics run; a fresh ArviZ cache makes it due again."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    helps = _fresh("from pyro_vi.cli import main; main(['--help'])", env)
+    assert helps.returncode == 0 and helps.stderr == "", helps.stderr
+    assert "usage: pyro-vi" in helps.stdout
+    out = tmp_path / "run"
+    argv = ["fit", "vae", *TINY, "--epochs", "1", "--out", str(out)]
+    fits = _fresh(f"import sys; from pyro_vi.cli import main; sys.exit(main({argv!r}))", env)
+    assert fits.returncode == 0, fits.stderr
+    assert "Warning" not in fits.stderr, fits.stderr
+    assert (out / "latent.png").is_file()

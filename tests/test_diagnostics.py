@@ -8,6 +8,7 @@ exact scale has importance weights with Pareto tail k = 1 - c^2 (exact: constant
 from __future__ import annotations
 
 import math
+import warnings
 
 import arviz as az
 import numpy as np
@@ -17,11 +18,11 @@ import pytest
 import torch
 from pyro.ops.indexing import Vindex
 
+from pyro_vi import sbc
 from pyro_vi.data import data_plate
 from pyro_vi.diagnostic_plots import khat_plot, posterior_vs_prior, ppc_plot, rank_histogram
 from pyro_vi.diagnostics import DiagnosticsError, draw, loo, psis_khat, to_inference_data
 from pyro_vi.models import VAE
-from pyro_vi.sbc import sbc
 
 TAU, SIGMA, N = 2.0, 1.0, 20
 
@@ -70,6 +71,21 @@ def test_khat_exact_guide_is_good_and_never_inf(x):
     # a nearly exact guide (k = 1 - 0.95^2 ~ 0.10) gets a finite k-hat well below 0.5
     near = psis_khat(model, make_guide(0.95), x, num_samples=2000)
     assert math.isfinite(float(near.khat)) and float(near.khat) < 0.5
+
+
+def test_a_global_khat_is_a_number_and_a_pointwise_one_says_what_to_use(x):
+    res = psis_khat(model, make_guide(0.8), x, num_samples=500)
+    k = float(res)  # true k = 1 - 0.8^2 = 0.36
+    assert k == float(res.khat) and -0.2 < k < 0.7
+    assert repr(res) == (
+        f"PSISResult(global k-hat={k:.3f}, S=500, threshold={res.threshold:.3f}: ok)"
+    )
+    vae = VAE(x_dim=16, z_dim=2, hidden=(8,))
+    xb = (torch.rand(12, 16, generator=torch.Generator().manual_seed(0)) < 0.4).float()
+    pointwise = psis_khat(vae.model, vae.guide, xb, num_samples=100)
+    with pytest.raises(DiagnosticsError, match=r"pointwise \(12 values.*use \.khat.*\.bad\(\)"):
+        float(pointwise)
+    assert repr(pointwise).startswith("PSISResult(12 datapoints, S=100, max k-hat=")
 
 
 def test_khat_fifth_scale_guide_is_bad(x):
@@ -258,7 +274,9 @@ def test_pointwise_khat_tolerance_does_not_grow_with_the_data_set():
     def local_model(x, idx=None, size=None):
         with data_plate(x, idx, size):
             z = pyro.sample("z", dist.Normal(x.new_zeros(len(x)), 1.0))
-            pyro.sample("x", dist.Normal(z[:, None], 1.0).expand([len(x), d]).to_event(1), obs=x)
+            # z[..., None] and the broadcast expand keep a leading draws dimension intact
+            loc = z[..., None].expand(z.shape + (d,))
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
 
     def local_guide(x, idx=None, size=None):
         with data_plate(x, idx, size):
@@ -266,7 +284,9 @@ def test_pointwise_khat_tolerance_does_not_grow_with_the_data_set():
 
     pyro.set_rng_seed(0)
     x = torch.randn(20000, 1) * 2 + torch.randn(20000, d)
-    r = psis_khat(local_model, local_guide, x, num_samples=100, pointwise=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the vectorized path, not the one-at-a-time fallback
+        r = psis_khat(local_model, local_guide, x, num_samples=100, pointwise=True)
     _, k_az = az.psislw(r.log_weights.double().T.numpy().copy(), reff=1.0)
     assert bool(torch.isfinite(r.khat).all())
     np.testing.assert_allclose(r.khat.numpy(), k_az, rtol=0, atol=1e-12)
@@ -297,3 +317,39 @@ def test_sbc_without_a_usable_bin_count_says_which_num_draws_to_use(x):
     res = sbc(model, make_guide(), x, num_simulations=20, num_draws=100, seed=0)  # 101 is prime
     with pytest.raises(DiagnosticsError, match="num_draws=99"):
         res.chi2()
+
+
+def test_a_model_that_indexes_from_the_left_falls_back_with_the_fix_named():
+    """``z[:, None]`` and ``expand([len(x), d])`` assume z has no draws dimension: the vectorized
+    draw cannot work, the one-at-a-time draw does, and the warning says what to change. The same
+    model written with right-aligned indexing draws vectorized, with equal weights' k-hat."""
+    d = 3
+
+    def left_model(x, idx=None, size=None):
+        with data_plate(x, idx, size):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(len(x)), 1.0))
+            pyro.sample("x", dist.Normal(z[:, None], 1.0).expand([len(x), d]).to_event(1), obs=x)
+
+    def right_model(x, idx=None, size=None):
+        with data_plate(x, idx, size):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(len(x)), 1.0))
+            pyro.sample("x", dist.Normal(z[..., None].expand(z.shape + (d,)), 1.0).to_event(1),
+                        obs=x)  # fmt: skip
+
+    def guide(x, idx=None, size=None):
+        with data_plate(x, idx, size):
+            pyro.sample("z", dist.Normal(x.sum(-1) / (d + 1), 1.2 / math.sqrt(d + 1)))
+
+    x = torch.randn(50, d)
+    with pytest.warns(UserWarning, match=r"drawing one at a time.*z\[\.\.\., None\]"):
+        slow = draw(left_model, guide, x, num_samples=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fast = draw(right_model, guide, x, num_samples=30)
+    assert slow.log_p_local.shape == fast.log_p_local.shape == (30, 50)
+    # same draws of z scored by both models: the same log p, vectorized or not
+    zs = fast.values["z"]
+    lp_left = dist.Normal(0.0, 1.0).log_prob(zs) + dist.Normal(zs[..., None], 1.0).log_prob(x).sum(
+        -1
+    )
+    torch.testing.assert_close(fast.log_p_local, lp_left)
