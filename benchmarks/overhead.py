@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from pyro_vi import fit
 from pyro_vi.capture import script, trace
-from pyro_vi.data import DEBIAN_FASHION, Split, load
+from pyro_vi.data import Split, load, missing
 from pyro_vi.models import VAE
 
 LOG2PI = math.log(2 * math.pi)
@@ -151,7 +151,7 @@ def main(argv=None) -> dict:
     device = torch.device(a.device)
     torch.manual_seed(a.seed)
 
-    if DEBIAN_FASHION.is_dir():
+    if missing("fashion-mnist") is None:
         x_large = load("fashion-mnist", binarize="static", device=device).train.x[: a.large_n]
         source = "fashion-mnist (static binarization)"
     else:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DataError, Dataset, Split
+from .data import WORDNET_FILES, DataError, Dataset, Split, missing, wordnet_dir
 
 __all__ = [
     "Vocabulary",
@@ -48,8 +48,6 @@ PAD, UNK, BOS, EOS = range(4)
 TOKEN = re.compile(
     r"\w+(?:'\w+)*|[^\w\s]"
 )  # words (with inner apostrophes) or one punctuation mark
-WORDNET = Path("/usr/share/wordnet")
-WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
 
 
 def tokenize(sentence: str) -> list[str]:
@@ -95,13 +93,10 @@ def sentence_mask(x: torch.Tensor) -> torch.Tensor:
 
 def wordnet_sentences(root: str | os.PathLike | None = None) -> list[str]:
     """The quoted example sentences of WordNet's glosses, in file order."""
-    root = Path(root) if root is not None else WORDNET
+    root = Path(root) if root is not None else wordnet_dir()
     paths = [root / f for f in WORDNET_FILES]
-    if not all(p.is_file() for p in paths):
-        raise DataError(
-            f"WordNet is not on this machine (no data.noun, ... in {root}): "
-            "`apt-get install wordnet-base`"
-        )
+    if (why := missing("wordnet", root)) is not None:
+        raise DataError(why)
     out = []
     for path in paths:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -166,7 +161,7 @@ def load_corpus(
     info = {
         "vocab": vocab,
         "max_len": max_len,
-        "source": str(root or WORDNET) if name == "wordnet" else str(name),
+        "source": str(root or wordnet_dir()) if name == "wordnet" else str(name),
         "sentences_read": len(raw),
         "duplicates": len(raw) - len(unique),
         "too_long": sum(len(s) > max_len for s in unique),

@@ -30,13 +30,69 @@ import numpy as np
 import pyro
 import torch
 
-__all__ = ["Batch", "Dataset", "Split", "DataError", "load", "data_plate", "NAMES"]
+__all__ = ["Batch", "Dataset", "Split", "DataError", "load", "data_plate", "missing", "NAMES"]
 
 NAMES = ("digits", "fashion-mnist", "mnist", "gmm", "gaussian2d", "moons", "wordnet",
          "inverse-sine", "iris-petal")  # fmt: skip
 IMAGE_SETS = ("digits", "fashion-mnist", "mnist")
 FILE_SUFFIXES = (".npy", ".csv", ".txt")
-DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+# where the machine's data come from: Debian's packages (under /usr/share) and the download cache
+DEBIAN_PACKAGES = {"fashion-mnist": "dataset-fashion-mnist", "wordnet": "wordnet-base"}
+FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte")  # fmt: skip
+WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
+
+
+def system_data() -> Path:
+    """Where Debian's data packages put their files: ``$PYRO_VI_SYSTEM_DATA`` or /usr/share."""
+    return Path(os.environ.get("PYRO_VI_SYSTEM_DATA") or "/usr/share")
+
+
+def debian_fashion() -> Path:
+    """The folder of ``dataset-fashion-mnist``'s gzip'd idx files."""
+    return system_data() / "datasets" / "fashion-mnist"
+
+
+def wordnet_dir() -> Path:
+    """The folder of ``wordnet-base``'s ``data.noun``, ``data.verb``, ... files."""
+    return system_data() / "wordnet"
+
+
+def missing(name: str, root: str | os.PathLike | None = None) -> str | None:
+    """Why data set ``name`` cannot be loaded on this machine without a network, as one line
+    naming the remedy, or None when its files are here (or it needs none: digits, the synthetic
+    sets). Nothing is downloaded or read beyond the files' presence::
+
+        if (why := missing("fashion-mnist")) is not None:
+            print(why)   # fashion-mnist is not on this machine: `apt-get install ...`
+    """
+    if name == "fashion-mnist":
+        raw = _cache_root(root) / "FashionMNIST" / "raw"
+        if all((raw / f).exists() for f in FASHION_FILES):
+            return None
+        if all((debian_fashion() / (f + ".gz")).exists() for f in FASHION_FILES):
+            return None
+        return (
+            f"fashion-mnist is not on this machine (neither {debian_fashion()} nor {raw}): "
+            "`sudo apt-get install dataset-fashion-mnist` (Debian; `make data` in a checkout)"
+        )
+    if name == "wordnet":
+        folder = Path(root) if root is not None else wordnet_dir()
+        if all((folder / f).is_file() for f in WORDNET_FILES):
+            return None
+        return (
+            f"WordNet is not on this machine (no data.noun, ... in {folder}): "
+            "`sudo apt-get install wordnet-base` (Debian; `make data` in a checkout)"
+        )
+    if name == "mnist":
+        raw = _cache_root(root) / "MNIST" / "raw"
+        if (raw / "t10k-labels-idx1-ubyte").exists():
+            return None
+        return (
+            f"mnist is not on this machine (nothing in {raw}): run once with a network "
+            "(torchvision downloads it) or put torchvision's files there"
+        )
+    return None
 
 
 class DataError(ValueError):
@@ -280,14 +336,13 @@ def _cache_root(root) -> Path:
 def _fashion_mnist(rng, root=None):
     root = _cache_root(root)
     raw = root / "FashionMNIST" / "raw"
-    files = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
-    files += ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    files, debian = FASHION_FILES, debian_fashion()
     if not all((raw / f).exists() for f in files):
-        if all((DEBIAN_FASHION / (f + ".gz")).exists() for f in files):
+        if all((debian / (f + ".gz")).exists() for f in files):
             raw.mkdir(parents=True, exist_ok=True)
             for f in files:  # the Debian copy, decompressed into torchvision's layout
                 tmp = raw / (f + ".tmp")
-                with gzip.open(DEBIAN_FASHION / (f + ".gz"), "rb") as src, open(tmp, "wb") as dst:
+                with gzip.open(debian / (f + ".gz"), "rb") as src, open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst)
                 os.replace(tmp, raw / f)
         else:
@@ -310,7 +365,7 @@ def _download_or_fail(cls_name: str, root: Path, name: str, debian: str | None):
         for train in (True, False):
             getattr(torchvision.datasets, cls_name)(str(root), train=train, download=True)
     except Exception as e:  # noqa: BLE001 - any network failure becomes one actionable line
-        remedy = f"`apt-get install {debian}` or " if debian else ""
+        remedy = f"`sudo apt-get install {debian}` or " if debian else ""
         raise DataError(
             f"{name} is not on this machine and could not be downloaded ({type(e).__name__}): "
             f"{remedy}run once with a network, or put torchvision's files under {root}"

@@ -21,3 +21,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "machine_data(*names): reads these data sets from the machine; skips without"
+    )
+
+
+def pytest_runtest_setup(item):
+    """A test marked ``machine_data`` skips, naming the remedy, where its data are absent."""
+    from pyro_vi.data import missing
+
+    for mark in item.iter_markers("machine_data"):
+        for name in mark.args:
+            if (why := missing(name)) is not None:
+                pytest.skip(why)

@@ -5,8 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from machine_data import needs
 
-from pyro_vi.data import DEBIAN_FASHION, DataError, load
+from pyro_vi.data import DataError, load
 
 
 def test_digits_splits_and_ranges():
@@ -82,7 +83,7 @@ def test_mnist_offline_names_the_remedy(tmp_path, monkeypatch):
         load("mnist")
 
 
-@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
+@needs("fashion-mnist")
 def test_fashion_mnist_is_the_canonical_set(tmp_path):
     ds = load("fashion-mnist", root=tmp_path, valid_fraction=0.0)
     assert (tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from machine_data import marks_for
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -71,7 +72,10 @@ def test_kernel_is_this_interpreter(kernel_dir: Path, tmp_path: Path):
 
 
 @pytest.mark.skipif(not NOTEBOOKS, reason="no notebooks in notebooks/")
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, marks=marks_for(p.read_text()), id=p.stem) for p in NOTEBOOKS],
+)
 def test_notebook_runs(path: Path, kernel_dir: Path, monkeypatch):
     monkeypatch.setenv("PYRO_VI_FAST", "1")  # the kernel inherits this process's environment
     nb = nbformat.read(path, as_version=4)

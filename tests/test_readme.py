@@ -4,12 +4,16 @@ import re
 from pathlib import Path
 
 import pytest
+from machine_data import marks_for
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
-@pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
+@pytest.mark.parametrize(
+    "code",
+    [pytest.param(b, marks=marks_for(b), id=f"block{i}") for i, b in enumerate(BLOCKS)],
+)
 def test_readme_snippet_runs(code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, str(README), "exec"), {"__name__": "__readme__"})

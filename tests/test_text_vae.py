@@ -9,6 +9,7 @@ import pyro
 import pytest
 import torch
 import torch.nn.functional as F
+from machine_data import needs
 from pyro import poutine
 
 from pyro_vi import elbo, fit, log_marginal
@@ -80,11 +81,9 @@ def test_corpus_errors(tmp_path, corpus_file):
         load(str(tmp_path / "missing.txt"), text=True)
 
 
+@needs("wordnet")
 def test_wordnet_when_installed():
-    try:
-        data = load("wordnet", vocab_size=50, max_len=5)
-    except DataError:
-        pytest.skip("wordnet-base is not installed")
+    data = load("wordnet", vocab_size=50, max_len=5)
     assert len(data.train) > 10000 and len(data.info["vocab"]) == 50
 
 
