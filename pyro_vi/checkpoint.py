@@ -14,12 +14,13 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyro
 import torch
+
+from .atomic import atomic_open
 
 __all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "rng_state", "set_rng_state"]
 
@@ -31,20 +32,10 @@ class CheckpointError(ValueError):
 
 
 def save_atomic(obj: dict, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **obj}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``
+    (:func:`pyro_vi.atomic.atomic_open`)."""
+    with atomic_open(path, "wb") as f:
+        torch.save({"format": FORMAT, **obj}, f)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

@@ -10,29 +10,22 @@ into place)::
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-__all__ = ["save_figure", "elbo_curve", "image_grid", "latent_scatter", "moving_average"]
+from .atomic import atomic_open
+
+__all__ = ["save_figure", "elbo_curve", "image_grid", "latent_scatter", "pca_2d", "moving_average"]
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:
-    """Save ``fig`` as PNG at ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    """Save ``fig`` as PNG at ``path`` atomically (:func:`pyro_vi.atomic.atomic_open`)."""
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+    return Path(path)
 
 
 def moving_average(values, window: int = 5) -> np.ndarray:
@@ -87,9 +80,32 @@ def image_grid(
     return save_figure(fig, path) if path else fig
 
 
-def latent_scatter(z: torch.Tensor, labels=None, path: str | os.PathLike | None = None):
-    """The first two latent coordinates, coloured by label."""
-    z = z.detach().cpu().numpy()
+def pca_2d(z: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Rows of ``z`` projected onto their first two principal axes, and the share of the total
+    variance those two axes explain. The axes are the top right-singular vectors of the centred
+    rows; signs are fixed so that each axis's largest loading is positive."""
+    zc = (z - z.mean(0)).double()
+    _, s, vh = torch.linalg.svd(zc, full_matrices=False)
+    v = vh[:2].T
+    v = v * torch.sign(v.gather(0, v.abs().argmax(0, keepdim=True)))
+    share = float((s[:2] ** 2).sum() / (s**2).sum().clamp_min(1e-300))
+    return (zc @ v).to(z.dtype), share
+
+
+def latent_scatter(
+    z: torch.Tensor, labels=None, path: str | os.PathLike | None = None, title: str | None = None
+):
+    """Latent codes coloured by label: z[0] against z[1] for codes of one or two dimensions; for
+    more, their projection onto the first two principal axes (:func:`pca_2d`), said in the title."""
+    z = z.detach().cpu().reshape(len(z), -1)
+    xlabel, ylabel = "z[0]", "z[1]"
+    if z.shape[1] > 2:
+        dim = z.shape[1]
+        z, share = pca_2d(z)
+        xlabel, ylabel = "principal axis 1", "principal axis 2"
+        head = f"PCA of the {dim}-D codes ({100 * share:.0f}% of their variance)"
+        title = f"{title}\n{head}" if title else head
+    z = z.numpy()
     fig = Figure(figsize=(5, 5))
     ax = fig.subplots()
     c = None if labels is None else np.asarray(labels.cpu() if torch.is_tensor(labels) else labels)
@@ -98,6 +114,8 @@ def latent_scatter(z: torch.Tensor, labels=None, path: str | os.PathLike | None 
         ax.scatter(z[:, 0], y, s=4)
     else:
         fig.colorbar(ax.scatter(z[:, 0], y, c=c, s=4, cmap="tab10"), ax=ax)
-    ax.set_xlabel("z[0]")
-    ax.set_ylabel("z[1]")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
     return save_figure(fig, path) if path else fig

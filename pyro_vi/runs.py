@@ -17,18 +17,17 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pyro
 import torch
 
 from . import __version__
+from .atomic import atomic_open
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import IMAGE_SETS, Dataset, load
 from .distributed import setup as setup_distributed
 from .evaluate import elbo, log_marginal, max_plate_nesting
-from .plots import elbo_curve, image_grid, latent_scatter
 from .training import CHECKPOINT, FitError, _takes_y, check_finite, fit, resolve_device
 
 __all__ = ["RunError", "train_run", "load_run", "evaluate_run", "write_json", "versions"]
@@ -54,13 +53,10 @@ def versions() -> dict:
 
 
 def write_json(obj, path: str | os.PathLike) -> None:
-    """Write JSON atomically."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
+    """Write JSON atomically (:func:`pyro_vi.atomic.atomic_open`)."""
+    with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=2, default=float)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def _registry():
@@ -217,7 +213,9 @@ def train_run(
 def draw_figures(model_obj, data: Dataset, history: list[dict], out: Path, seed: int = 0) -> None:
     """ELBO curve, then the model's own ``figures(data, out, seed)`` if it has one, else (for
     image models with sample/reconstruct/interpolate/encode) samples, reconstructions,
-    interpolation and the latent space by label."""
+    interpolation and the latent space by label (encoder means; a PCA of them beyond 2-D)."""
+    from .plots import elbo_curve, image_grid, latent_scatter  # matplotlib only where drawn
+
     elbo_curve(history, out / "elbo.png")
     if hasattr(model_obj, "figures"):  # a model's own figures
         model_obj.figures(data, out, seed)
@@ -236,7 +234,7 @@ def draw_figures(model_obj, data: Dataset, history: list[dict], out: Path, seed:
                out / "interpolation.png", nrow=8, title="interpolation")  # fmt: skip
     with torch.no_grad():
         z = model_obj.encode(data.test.evaluation_x(seed))
-    latent_scatter(z, data.test.y, out / "latent.png")
+    latent_scatter(z, data.test.y, out / "latent.png", title="encoder means of the test set")
 
 
 def read_config(run_dir: str | os.PathLike) -> dict:

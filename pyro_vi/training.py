@@ -45,6 +45,7 @@ import pyro.primitives
 import torch
 from pyro.poutine.messenger import Messenger
 
+from .atomic import remove_partial
 from .capture import CapturedStep
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
 from .data import Dataset, Split
@@ -489,6 +490,8 @@ def fit(
         # on the CPU: parameters and optimizer moments are copied to their tensors' device below,
         # while Adam's step counts stay CPU scalars (on the GPU each would sync every step)
         state = load_checkpoint(ckpt_path, map_location="cpu")
+        if ddp is None or ddp.is_writer:
+            remove_partial(ckpt_path.parent)  # temporaries of a writer killed mid-write
         first = next(train.batches(min(batch_size, n), shuffle=False))
         plate_nesting(model, guide, first.x, **kwargs_of(first))  # creates the params
         missing = [nm for nm in state["params"] if nm not in store]
