@@ -232,13 +232,14 @@ def density_figure(models: dict[str, MDN], rows: torch.Tensor, grid: int = 200):
     colours on a square-root scale, so that broad and narrow parts both show), the rows on top.
     Returns a matplotlib Figure."""
     from matplotlib.colors import PowerNorm
-    from matplotlib.figure import Figure
+
+    from pyro_vi.plots import InlineFigure
 
     lo, hi = rows.min(0).values, rows.max(0).values
     pad = 0.1 * (hi - lo)
     xs, ys = (torch.linspace(a, b, grid, dtype=rows.dtype, device=rows.device)
               for a, b in zip(lo - pad, hi + pad, strict=True))  # fmt: skip
-    fig = Figure(figsize=(4.8 * len(models), 3.6), layout="constrained")
+    fig = InlineFigure(figsize=(4.8 * len(models), 3.6), layout="constrained")
     axes = fig.subplots(1, len(models), squeeze=False)[0]
     for ax, (title, m) in zip(axes, models.items(), strict=True):
         p = m.density(xs[:, None], ys[:, None]).T.cpu()  # (y, x)

@@ -15,10 +15,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from matplotlib.figure import Figure
 from scipy import stats
 
-from .plots import elbo_curve, image_grid, latent_scatter, save_figure
+from .plots import InlineFigure, elbo_curve, image_grid, latent_scatter, save_figure
 
 __all__ = [
     "khat_plot",
@@ -42,16 +41,20 @@ def khat_plot(result, path: str | os.PathLike | None = None, title: str | None =
     k = np.asarray(getattr(result, "khat", result), dtype=float).reshape(-1)
     finite = np.isfinite(k)
     floor = min(np.min(k[finite], initial=0.0), 0.0) - 0.1
-    fig = Figure(figsize=(6, 3.5))
+    fig = InlineFigure(figsize=(6, 3.5))
     ax = fig.subplots()
     shown = np.where(finite, k, floor)
     colors = np.where(k > 0.7, "C3", np.where(k > 0.5, "C1", "C0"))
     ax.scatter(np.arange(len(k)), shown, s=8, c=colors)
-    for level, style in ((0.5, ":"), (0.7, "--")):
-        ax.axhline(level, color="k", ls=style, lw=1)
+    for level, style, meaning in (
+        (0.5, ":", "0.5: good below"),
+        (0.7, "--", "0.7: unreliable above"),
+    ):
+        ax.axhline(level, color="k", ls=style, lw=1, label=meaning)
     ax.set_xlabel("datapoint")
     ax.set_ylabel("Pareto k-hat")
     ax.set_title(title or f"k-hat: {np.mean(k > 0.7):.1%} above 0.7")
+    ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     return _out(fig, path)
 
@@ -75,7 +78,7 @@ def posterior_vs_prior(
     panels = panels[:12]
     cols = min(3, len(panels))
     rows = int(np.ceil(len(panels) / cols))
-    fig = Figure(figsize=(3.2 * cols, 2.4 * rows))
+    fig = InlineFigure(figsize=(3.2 * cols, 2.4 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (label, pri, post) in zip(axes.flat, panels, strict=False):
         lo, hi = np.percentile(np.concatenate([pri, post]), [0.5, 99.5])
@@ -83,6 +86,8 @@ def posterior_vs_prior(
         ax.hist(pri, edges, density=True, alpha=0.4, color="C7", label="prior")
         ax.hist(post, edges, density=True, alpha=0.7, color="C0", label="posterior")
         ax.set_title(label, fontsize=9)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("density")
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
@@ -109,7 +114,7 @@ def ppc_plot(
     obs, rep = obs.reshape(-1), rep.reshape(len(rep), -1)
     lo, hi = np.percentile(np.concatenate([obs, rep[:num_draws].reshape(-1)]), [0.5, 99.5])
     grid = np.linspace(lo, hi, 200)
-    fig = Figure(figsize=(6, 3.5))
+    fig = InlineFigure(figsize=(6, 3.5))
     ax = fig.subplots()
     step = max(1, len(rep) // num_draws)
     for r in rep[::step][:num_draws]:
@@ -138,13 +143,18 @@ def rank_histogram(result, bins: int | None = None, path: str | os.PathLike | No
     lo, hi = stats.binom.ppf([0.005, 0.995], n, 1.0 / bins)
     cols = min(3, len(comps))
     rows = int(np.ceil(len(comps) / cols))
-    fig = Figure(figsize=(3.2 * cols, 2.4 * rows))
+    fig = InlineFigure(figsize=(3.2 * cols, 2.4 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (name, r) in zip(axes.flat, comps, strict=False):
         counts = np.bincount(r // width, minlength=bins)
         ax.axhspan(lo, hi, color="C7", alpha=0.3)
         ax.bar(np.arange(bins), counts, width=0.9, color="C0")
         ax.set_title(name, fontsize=9)
+        ax.set_xticks(np.arange(bins))
+    for ax in axes[-1]:
+        ax.set_xlabel(f"rank bin ({width} ranks each)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("simulations")
     for ax in list(axes.flat)[len(comps) :]:
         ax.axis("off")
     fig.suptitle(f"SBC ranks ({n} simulations, L={result.num_draws}); grey: 99% band")
@@ -159,7 +169,7 @@ def ecdf_plot(result, path: str | os.PathLike | None = None):
     n = result.num_simulations
     z = np.linspace(0, 1, 101)
     band = stats.binom.ppf([[0.005], [0.995]], n, z[None]) / n - z[None]
-    fig = Figure(figsize=(6, 3.5))
+    fig = InlineFigure(figsize=(6, 3.5))
     ax = fig.subplots()
     ax.fill_between(z, band[0], band[1], color="C7", alpha=0.3, label="99% pointwise band")
     for name, r in comps[:10]:

@@ -1,5 +1,6 @@
 """Figures with matplotlib: ELBO curves, image grids, latent embeddings. Figures are built as
-``matplotlib.figure.Figure`` objects (no pyplot, so no backend is forced: they show inline in a
+:class:`InlineFigure` objects, matplotlib Figures with a PNG representation (no pyplot, so no
+backend is forced: they show as images in a
 notebook and save on a headless machine); files are written atomically (a temporary file renamed
 into place)::
 
@@ -9,16 +10,37 @@ into place)::
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
+import matplotlib
+import matplotlib.figure
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 from .atomic import atomic_open
 
-__all__ = ["save_figure", "elbo_curve", "image_grid", "latent_scatter", "pca_2d", "moving_average"]
+__all__ = [
+    "InlineFigure",
+    "save_figure",
+    "elbo_curve",
+    "image_grid",
+    "latent_scatter",
+    "pca_2d",
+    "moving_average",
+]
+
+
+class InlineFigure(matplotlib.figure.Figure):
+    """matplotlib's ``Figure`` with a PNG representation (``_repr_png_``): it shows as an image in
+    Jupyter, and in the saved notebook, without pyplot or ``%matplotlib inline``. Where pyplot's
+    inline back-end is active, its own formatter draws it instead; either way one image."""
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        return buf.getvalue()
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:
@@ -38,11 +60,11 @@ def moving_average(values, window: int = 5) -> np.ndarray:
 
 def elbo_curve(history: list[dict], path: str | os.PathLike | None = None, window: int = 5):
     """Train and validation ELBO per datapoint against epoch, with a moving average."""
-    fig = Figure(figsize=(6, 4))
+    fig = InlineFigure(figsize=(6, 4))
     ax = fig.subplots()
     epochs = [h["epoch"] for h in history]
     train = [h["train_elbo"] for h in history]
-    ax.plot(epochs, train, alpha=0.35, color="C0")
+    ax.plot(epochs, train, alpha=0.35, color="C0", label="train (per epoch)")
     ax.plot(epochs, moving_average(train, window), color="C0", label="train (moving avg.)")
     valid = [h.get("valid_elbo") for h in history]
     if any(v is not None for v in valid):
@@ -71,7 +93,7 @@ def image_grid(
     for i, img in enumerate(imgs):
         r, c = divmod(i, nrow)
         canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = img
-    fig = Figure(figsize=(0.5 + nrow * 0.45, 0.5 + ncol * 0.45))
+    fig = InlineFigure(figsize=(0.5 + nrow * 0.45, 0.5 + ncol * 0.45))
     ax = fig.subplots()
     ax.imshow(canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.axis("off")
@@ -93,27 +115,39 @@ def pca_2d(z: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 
 def latent_scatter(
-    z: torch.Tensor, labels=None, path: str | os.PathLike | None = None, title: str | None = None
+    z: torch.Tensor,
+    labels=None,
+    path: str | os.PathLike | None = None,
+    title: str | None = None,
+    axis_labels: tuple[str, str] | None = None,
 ):
     """Latent codes coloured by label: z[0] against z[1] for codes of one or two dimensions; for
-    more, their projection onto the first two principal axes (:func:`pca_2d`), said in the title."""
+    more, their projection onto the first two principal axes (:func:`pca_2d`), said in the title.
+    Up to 20 distinct whole-number labels get one colour each and a legend, others a colour bar."""
     z = z.detach().cpu().reshape(len(z), -1)
-    xlabel, ylabel = "z[0]", "z[1]"
+    xlabel, ylabel = axis_labels or ("z[0]", "z[1]")
     if z.shape[1] > 2:
         dim = z.shape[1]
         z, share = pca_2d(z)
-        xlabel, ylabel = "principal axis 1", "principal axis 2"
+        xlabel, ylabel = axis_labels or ("principal axis 1", "principal axis 2")
         head = f"PCA of the {dim}-D codes ({100 * share:.0f}% of their variance)"
         title = f"{title}\n{head}" if title else head
     z = z.numpy()
-    fig = Figure(figsize=(5, 5))
+    fig = InlineFigure(figsize=(5, 5))
     ax = fig.subplots()
     c = None if labels is None else np.asarray(labels.cpu() if torch.is_tensor(labels) else labels)
     y = z[:, 1] if z.shape[1] > 1 else np.zeros(len(z))
+    classes = None if c is None else np.unique(c)
     if c is None:
         ax.scatter(z[:, 0], y, s=4)
+    elif len(classes) <= 20 and np.all(np.mod(classes, 1) == 0):
+        for i, label in enumerate(classes):
+            at = c == label
+            ax.scatter(z[at, 0], y[at], s=4, color=f"C{i % 10}" if len(classes) <= 10 else
+                       matplotlib.colormaps["tab20"](i), label=str(int(label)))  # fmt: skip
+        ax.legend(title="label", markerscale=3, fontsize=8, loc="best")
     else:
-        fig.colorbar(ax.scatter(z[:, 0], y, c=c, s=4, cmap="tab10"), ax=ax)
+        fig.colorbar(ax.scatter(z[:, 0], y, c=c, s=4, cmap="viridis"), ax=ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

@@ -60,6 +60,44 @@ def _client(nb, cwd: Path, kernel_dir: Path):
     )
 
 
+def unrendered_figures(nb) -> list[str]:
+    """Code cells whose output is a figure's bare repr (``<Figure size ...>``) with no
+    ``image/png`` beside it: a figure that Jupyter and GitHub's viewer show as text."""
+    found = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            text = data.get("text/plain", "")
+            text = "".join(text) if isinstance(text, list) else text
+            if text.startswith("<Figure size") and "image/png" not in data:
+                found.append(f"cell {i}: {text.strip()}")
+    return found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_saved_notebook_shows_its_figures(path: Path):
+    """The committed outputs: every figure is an image, none is left as its text repr."""
+    nb = nbformat.read(path, as_version=4)
+    bare = unrendered_figures(nb)
+    assert not bare, f"{path.name}: figures saved without an image: {bare}"
+
+
+def test_a_figure_without_pyplot_renders_as_an_image(kernel_dir: Path, tmp_path: Path):
+    """pyro-vi's figures carry a PNG representation: a kernel that never imported pyplot shows
+    them as images, and a plain matplotlib Figure there is what the check catches."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("from pyro_vi.plots import elbo_curve\n"
+                                  "elbo_curve([{'epoch': 1, 'train_elbo': -3.0}])"),
+        nbformat.v4.new_code_cell("from matplotlib.figure import Figure\nFigure()"),
+    ]  # fmt: skip
+    _client(nb, tmp_path, kernel_dir).execute()
+    assert "image/png" in nb.cells[0].outputs[0]["data"]
+    assert unrendered_figures(nb) == ["cell 1: <Figure size 640x480 with 0 Axes>"]
+
+
 def test_kernel_is_this_interpreter(kernel_dir: Path, tmp_path: Path):
     """The notebooks run in this environment (its packages, the editable pyro_vi)."""
     nb = nbformat.v4.new_notebook()
@@ -96,3 +134,5 @@ def test_notebook_runs(path: Path, kernel_dir: Path, monkeypatch):
         if out.get("output_type") == "error"
     ]
     assert not errors, f"{path.name}: error outputs {[e.get('ename') for e in errors]}"
+    bare = unrendered_figures(nb)
+    assert not bare, f"{path.name}: figures shown as text, not images: {bare}"
