@@ -102,9 +102,29 @@ def trace(fn: Callable, inputs: tuple) -> fx.GraphModule:
 
     with torch.enable_grad():
         gm = make_fx(fn)(*inputs)
-    gm.graph.eliminate_dead_code()
+    gm.graph.eliminate_dead_code(is_impure_node=_draws_or_impure)
+    # unused draws also become outputs, after the real ones: TorchScript's executor would
+    # otherwise drop them as dead code (callers read only the leading outputs)
+    unused = [
+        n for n in gm.graph.nodes if n.op == "call_function" and not n.users and _draws_or_impure(n)
+    ]
+    if unused:
+        out = next(n for n in gm.graph.nodes if n.op == "output")
+        out.args = ([*out.args[0], *unused],)
     gm.recompile()
     return gm
+
+
+def _draws_or_impure(node: fx.Node) -> bool:
+    """Kept although unused: a random draw (a plate's unused subsample, say) advances the
+    generator, so dropping it would shift every later draw away from the eager run's."""
+    target = node.target
+    if (
+        isinstance(target, torch._ops.OpOverload)
+        and torch.Tag.nondeterministic_seeded in target.tags
+    ):
+        return True
+    return node.is_impure()
 
 
 def script(gm: fx.GraphModule, inputs: tuple) -> Callable | None:
@@ -136,6 +156,13 @@ def _set_rng_state(state, device: torch.device) -> None:
     torch.set_rng_state(state[0])
     if state[1] is not None:
         torch.cuda.set_rng_state(state[1], device)
+
+
+def _same_rng(state, device: torch.device) -> bool:
+    """The generators stand where ``state`` left them: the replay drew as many numbers as the
+    eager step, so the steps after it draw the same noise too."""
+    now = _rng_state(device)
+    return torch.equal(now[0], state[0]) and (state[1] is None or torch.equal(now[1], state[1]))
 
 
 def _agree(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -173,7 +200,10 @@ class CapturedStep:
         self.failure: str | None = None
         self.runner: str | None = None
 
-    def _signature(self, args, kwargs, beta) -> tuple | None:
+    def signature(self, args, kwargs, beta: float = 1.0) -> tuple | None:
+        """The key a graph is captured under: parameter count, beta's use, and per argument its
+        tensor's shape, dtype, device and requires_grad or its plain value (None: an argument
+        that is neither, which cannot be captured)."""
         key: list = [beta != 1.0, len(self.params())]
         for k, v in [(None, a) for a in args] + sorted(kwargs.items()):
             if torch.is_tensor(v):
@@ -234,13 +264,14 @@ class CapturedStep:
         _set_rng_state(state, device)  # tracing drew noise: this step's draws start again
         with pyro.validation_enabled(False), torch.enable_grad():
             eager, eager_used = run(*flat)
+        after = _rng_state(device)
         if any(g.is_sparse for g in eager):
             return "sparse gradients"
         for name, runner in runners:
             _set_rng_state(state, device)
             with torch.no_grad():
-                replay = list(runner(*flat))
-            if eager_used == used and len(replay) == len(eager):
+                replay = list(runner(*flat))[: len(eager)]
+            if eager_used == used and len(replay) == len(eager) and _same_rng(after, device):
                 if all(_agree(r, e) for r, e in zip(replay, eager, strict=True)):
                     self.runner = name
                     return runner, used, replay
@@ -249,7 +280,7 @@ class CapturedStep:
     def __call__(self, args: tuple, kwargs: dict, beta: float = 1.0) -> torch.Tensor | None:
         if self.failure is not None:
             return None
-        key = self._signature(args, kwargs, beta)
+        key = self.signature(args, kwargs, beta)
         if key is None:
             self.failure = "a non-tensor argument is not a plain constant"
             return None
@@ -268,7 +299,9 @@ class CapturedStep:
         else:
             runner, used = entry
             with torch.no_grad():
-                loss, *grads = runner(*params, *_inputs(args, kwargs, beta, device))
+                loss, *grads = runner(*params, *_inputs(args, kwargs, beta, device))[
+                    : len(used) + 1
+                ]
         for i, g in zip(used, grads, strict=True):
             p = params[i]
             p.grad = g if p.grad is None else p.grad + g

@@ -11,7 +11,8 @@ from pyro_vi import fit
 from pyro_vi.capture import CapturedStep
 from pyro_vi.data import Split, load
 from pyro_vi.models import VAE
-from pyro_vi.training import CAPTURE_MIN_STEPS, _ScaleLatents, make_loss
+from pyro_vi.svi import ScaleLatents
+from pyro_vi.training import CAPTURE_MIN_STEPS, make_loss
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def test_replayed_gradient_is_the_exact_one_particle_gradient(beta):
     store = pyro.get_param_store()
     elbo.differentiable_loss(model, guide)  # creates m and r
     params = [store.get_param(n).unconstrained() for n in ("m", "r")]
-    step = CapturedStep(elbo, model, guide, lambda: params, _ScaleLatents)
+    step = CapturedStep(elbo, model, guide, lambda: params, ScaleLatents)
     for seed in range(3):
         torch.manual_seed(100 + seed)
         loss = step((), {}, beta)
@@ -37,7 +38,7 @@ def test_replayed_gradient_is_the_exact_one_particle_gradient(beta):
             p.grad = None
         torch.manual_seed(100 + seed)  # the same noise through the eager objective
         record.clear()
-        with _ScaleLatents(beta):
+        with ScaleLatents(beta):
             elbo.differentiable_loss(model, guide)
         z = record[-1].item()
         eps = (z - M0) / R0
@@ -116,7 +117,7 @@ def test_one_graph_per_batch_shape(digits):
     vae.guide(x[idx], idx=idx, size=len(x))
     store = pyro.get_param_store()
     params = [store.get_param(n).unconstrained() for n in store]
-    step = CapturedStep(elbo, vae.model, vae.guide, lambda: params, _ScaleLatents)
+    step = CapturedStep(elbo, vae.model, vae.guide, lambda: params, ScaleLatents)
     for b in (10, 10, 7, 10, 7):
         idx = torch.arange(b)
         assert step((x[idx],), {"idx": idx, "size": len(x)}) is not None, step.failure
