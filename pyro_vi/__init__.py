@@ -22,13 +22,13 @@ _EXPORTS = {
     "fit": "training", "FitResult": "training",
     "elbo": "evaluate", "log_marginal": "evaluate",
     "psis_khat": "diagnostics", "to_inference_data": "diagnostics", "loo": "diagnostics",
-    "sbc": "calibration", "amortization_gaps": "gaps",
+    "sbc": "calibration", "amortization_gaps": "gaps", "SVI": "svi",
     "PerDatapointGuide": "guides", "SemiAmortizedELBO": "guides", "fit_local": "guides",
 }  # fmt: skip
 _SUBMODULES = (
     "atomic", "calibration", "capture", "checkpoint", "cli", "corpus", "data", "diagnostic_plots",
     "diagnostics", "distributed", "em", "estimators", "evaluate", "flows", "gaps", "guides",
-    "models", "plots", "runs", "training",
+    "models", "plots", "runs", "svi", "training",
 )  # fmt: skip
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # what static tools see; at run time these load lazily
     from .evaluate import elbo, log_marginal  # noqa: F401
     from .gaps import amortization_gaps  # noqa: F401
     from .guides import PerDatapointGuide, SemiAmortizedELBO, fit_local  # noqa: F401
+    from .svi import SVI  # noqa: F401
     from .training import FitResult, fit  # noqa: F401
 
 

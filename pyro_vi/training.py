@@ -43,7 +43,6 @@ import pyro
 import pyro.infer
 import pyro.primitives
 import torch
-from pyro.poutine.messenger import Messenger
 
 from .atomic import remove_partial
 from .capture import CapturedStep
@@ -53,6 +52,7 @@ from .distributed import setup as setup_distributed
 from .evaluate import elbo as elbo_per_datapoint
 from .evaluate import max_plate_nesting as plate_nesting
 from .evaluate import plate_nesting_of, trace_pair
+from .svi import ScaleLatents
 
 __all__ = ["fit", "FitResult", "FitError", "LOSSES", "resolve_device"]
 
@@ -137,18 +137,6 @@ def make_loss(
     if loss == "tracegraph":
         kw.pop("vectorize_particles")
     return (jitted if jit else plain)(**kw)
-
-
-class _ScaleLatents(Messenger):
-    """Multiply the log density of every latent (unobserved) sample site by ``beta``."""
-
-    def __init__(self, beta: float):
-        super().__init__()
-        self.beta = beta
-
-    def _process_message(self, msg):
-        if msg["type"] == "sample" and not msg["is_observed"]:
-            msg["scale"] = msg["scale"] * self.beta
 
 
 @contextmanager
@@ -477,7 +465,7 @@ def fit(
         raise FitError(f"capture={capture!r}: use True, False or 'auto'")
     short = capture == "auto" and epochs * steps_per_epoch < CAPTURE_MIN_STEPS
     if capture and not short and has_diff_loss and not jit:
-        captured = CapturedStep(elbo, model, guide, lambda: params, _ScaleLatents)
+        captured = CapturedStep(elbo, model, guide, lambda: params, ScaleLatents)
     result.step = "eager (short run)" if short else "eager" if captured is None else "captured"
     start_epoch, step, best, bad_epochs = 0, 0, None, 0
 
@@ -579,7 +567,7 @@ def fit(
                     if loss_t is not None:
                         value = loss_t.item()
                     else:
-                        with pyro.validation_enabled(bool(check)), _ScaleLatents(beta):
+                        with pyro.validation_enabled(bool(check)), ScaleLatents(beta):
                             if has_diff_loss:
                                 loss_t = elbo.differentiable_loss(model, guide, batch.x, **kw)
                                 loss_t.backward()

@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch.distributions import constraints
 
-from pyro_vi.training import _ScaleLatents, make_loss
+from pyro_vi.svi import ScaleLatents
+from pyro_vi.training import make_loss
 
 X, S, M0, R0 = 1.5, 0.8, 0.3, 0.6
 
@@ -44,7 +45,7 @@ def test_one_particle_gradient_is_exact(beta):
     record = []
     model, guide = _pair(record)
     elbo = make_loss("elbo", num_particles=1, max_plate_nesting=0)
-    with _ScaleLatents(beta):
+    with ScaleLatents(beta):
         gm, gr = _grads(elbo.differentiable_loss(model, guide))
     z = record[-1].item()
     eps = (z - M0) / R0
