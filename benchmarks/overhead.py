@@ -14,6 +14,14 @@ Cases: (i) the 784-400-50 VAE (Bernoulli, ReLU) at batch 128 on binary data of M
 (Fashion-MNIST binarized when the Debian package is present, else Bernoulli(0.3) noise: timing
 does not depend on the pixels); (ii) seed 003's 2-D toy (2-10-1, Gaussian decoder with learned
 per-dimension scale) at batch 256. Last line: ``{"ratio_large": .., "ratio_small": ..}``.
+
+    python benchmarks/overhead.py --vs-pyro-svi --epochs 12 --threads 1
+
+instead times a user's own loop: Pyro's stock ``pyro.infer.SVI`` against ``pyro_vi.SVI`` swapped
+into the same loop (same pairs built alike, same batches, Adam 1e-3, epochs interleaved) on the
+toy, the VAE and the CVAE (the quadrant task on the large case's images: one visible quadrant,
+the other three the target).
+Last line: ``{"svi_ratio_small": .., "svi_ratio_large": .., "svi_ratio_cvae": .., ...}``.
 """
 
 from __future__ import annotations
@@ -27,11 +35,13 @@ import time
 import pyro
 import torch
 import torch.nn.functional as F
+from pyro.infer import SVI as PyroSVI
+from pyro.infer import Trace_ELBO
 
-from pyro_vi import fit
+from pyro_vi import SVI, fit
 from pyro_vi.capture import script, trace
 from pyro_vi.data import Split, load, missing
-from pyro_vi.models import VAE
+from pyro_vi.models import CVAE, VAE
 
 LOG2PI = math.log(2 * math.pi)
 
@@ -138,6 +148,92 @@ def measure(vae: VAE, x: torch.Tensor, batch_size: int, epochs: int, seed: int) 
     return out
 
 
+def measure_svi(make_pair, x: torch.Tensor, batch_size: int, epochs: int, seed: int) -> dict:
+    """Pyro's stock ``pyro.infer.SVI`` loop against the same loop with ``pyro_vi.SVI``: two pairs
+    built alike (their own ``pyro.module`` names), the same batches, Adam(1e-3), epochs
+    interleaved; per-step medians without the first epoch (capture, warm-up), and the whole loops.
+    ``make_pair(name)`` returns (model, guide). First the two loops from one seed and one
+    initial state for 20 steps: the largest relative difference of their losses."""
+    n = x.shape[0]
+
+    def batches(epoch):
+        g = torch.Generator(device=x.device).manual_seed(seed + epoch)
+        order = torch.randperm(n, generator=g, device=x.device)
+        return [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+    def make(cls, name, state=None):
+        model, guide = make_pair(name)
+        if state is not None:
+            model.__self__.load_state_dict(state)
+        return model, cls(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+
+    pyro.clear_param_store()
+    gap = 0.0
+    m0, _ = make(PyroSVI, "init")
+    state = {k: v.clone() for k, v in m0.__self__.state_dict().items()}
+    losses = {}
+    for cls, name in ((PyroSVI, "check_pyro"), (SVI, "check_ours")):
+        _, svi = make(cls, name, state)
+        pyro.set_rng_seed(seed)
+        losses[name] = [svi.step(x[i], idx=i, size=n) for i in batches(0)[:20]]
+    for a, b in zip(losses["check_pyro"], losses["check_ours"], strict=True):
+        gap = max(gap, abs(a - b) / abs(a))
+    loops = {"pyro": make(PyroSVI, "pyro")[1], "ours": make(SVI, "ours")[1]}
+    times: dict[str, list[float]] = {k: [] for k in loops}
+    pyro.set_rng_seed(seed)
+    for epoch in range(epochs):
+        order = batches(epoch)
+        for name, svi in loops.items():
+            t0 = time.perf_counter()
+            for i in order:
+                svi.step(x[i], idx=i, size=n)
+            times[name].append((time.perf_counter() - t0) / len(order))
+    med = {k: statistics.median(v[1:]) for k, v in times.items()}
+    total = {k: sum(v) for k, v in times.items()}
+    return {
+        "pyro_step_ms": 1e3 * med["pyro"], "ours_step_ms": 1e3 * med["ours"],
+        "ratio": med["ours"] / med["pyro"], "ratio_whole_loop": total["ours"] / total["pyro"],
+        "mode": loops["ours"].mode, "max_rel_loss_gap": gap,
+    }  # fmt: skip
+
+
+def vs_pyro_svi(a, device, x_large, source) -> dict:
+    """Rows of ``--vs-pyro-svi``: the 2-D toy, the 784-400-50 VAE and the CVAE."""
+    x_small = load("gaussian2d", n=5120, seed=a.seed, device=device).train.x
+    cases = {
+        "2-10-1 toy, batch 256": (
+            lambda name: _pair(VAE(2, 1, (10,), likelihood="normal", name=name)), x_small, 256, 4
+        ),
+        "784-400-50 VAE, batch 128": (lambda name: _pair(VAE(784, 50, (400,), name=name)),
+                                      x_large, 128, 1),
+        "CVAE 28x28 quadrant, batch 128": (
+            lambda name: _pair(CVAE((28, 28), "quadrant", 1, z_dim=20, hidden=(400,), name=name)),
+            x_large, 128, 1,
+        ),
+    }  # fmt: skip
+    rows = {}
+    for label, (make_pair, x, batch_size, scale) in cases.items():
+        rows[label] = measure_svi(make_pair, x, batch_size, a.epochs * scale, a.seed)
+    print(f"large data: {source}; torch {torch.__version__}, pyro {pyro.__version__}, {device}, "
+          f"{torch.get_num_threads()} threads")  # fmt: skip
+    print(f"{'case':<32}{'Pyro SVI ms':>12}{'pyro_vi.SVI ms':>15}{'ratio':>8}{'whole':>8}"
+          f"{'loss gap':>10}  mode")  # fmt: skip
+    for label, r in rows.items():
+        print(f"{label:<32}{r['pyro_step_ms']:>12.3f}{r['ours_step_ms']:>15.3f}"
+              f"{r['ratio']:>8.3f}{r['ratio_whole_loop']:>8.3f}{r['max_rel_loss_gap']:>10.1e}"
+              f"  {r['mode']}")  # fmt: skip
+    keys = ("small", "large", "cvae")
+    out = {f"svi_ratio_{k}": round(r["ratio"], 3) for k, r in zip(keys, rows.values(), strict=True)}
+    out |= {f"svi_ratio_{k}_whole_loop": round(r["ratio_whole_loop"], 3)
+            for k, r in zip(keys, rows.values(), strict=True)}  # fmt: skip
+    print(json.dumps(out))
+    return out
+
+
+def _pair(module):
+    return module.model, module.guide
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=12, help="interleaved epochs per case")
@@ -145,6 +241,8 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--vs-pyro-svi", action="store_true",
+                   help="Pyro's SVI loop against pyro_vi.SVI in the same loop instead")  # fmt: skip
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -157,6 +255,8 @@ def main(argv=None) -> dict:
     else:
         x_large = torch.bernoulli(torch.full((a.large_n, 784), 0.3, device=device))
         source = "Bernoulli(0.3) noise"
+    if a.vs_pyro_svi:
+        return vs_pyro_svi(a, device, x_large, source)
     pyro.set_rng_seed(a.seed)
     large = measure(VAE(784, 50, (400,)), x_large, 128, a.epochs, a.seed)
     x_small = load("gaussian2d", n=5120, seed=a.seed, device=device).train.x
