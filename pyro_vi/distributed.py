@@ -78,12 +78,16 @@ import os
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyro
 import torch
 import torch.distributed as dist
 
 from .data import Batch
+
+if TYPE_CHECKING:
+    from .svi import SVI
 from .evaluate import _auto_chunk, _chunks, log_weights
 
 __all__ = ["DataParallel", "DistributedError", "REQUIRED_ENV", "launched", "setup"]
@@ -250,6 +254,20 @@ class DataParallel:
         )
         self._broadcast(params + buffers)
         self._sent.update(names)
+
+    def step(self, svi: SVI, weight: float, *args, **kwargs) -> float:
+        """One data-parallel step of a :class:`pyro_vi.SVI` on this rank's slice of the batch:
+        its loss and gradients, the weighted all-reduce (:meth:`all_reduce_gradients`, ``weight``
+        from :meth:`shard`), then the update on every rank; the global batch's loss::
+
+            shard, weight = ddp.shard(batch)
+            loss = ddp.step(svi, weight, shard.x, idx=shard.idx, size=shard.size)
+        """
+        loss = self.all_reduce_gradients(
+            svi.loss_and_grads(*args, **kwargs), weight, svi.param_groups()
+        )
+        svi.update()
+        return loss
 
     def all_reduce_gradients(
         self, loss: float, weight: float, groups: dict[str, list[list[str]]]

@@ -18,15 +18,24 @@ eagerly exactly as Pyro's SVI runs it. :attr:`SVI.mode` says which ran and why::
 ``optim`` is a Pyro optimizer (``pyro.optim.Adam``, ``ClippedAdam``, the ``pyro.optim``
 learning-rate schedulers, which wrap ``torch.optim.lr_scheduler``) or a factory
 ``params -> torch.optim.Optimizer`` (``functools.partial(torch.optim.Adam, lr=1e-3)``); with a
-factory, :attr:`SVI.optimizer` is the one torch optimizer over every parameter (available after
-:meth:`SVI.init` or the first step, e.g. for a ``torch.optim.lr_scheduler``). :attr:`SVI.beta`
-weights the latent sites' log densities (KL warm-up; 1 is the ELBO).
+factory, :attr:`SVI.optimizer` is the one torch optimizer over every dense parameter (available
+after :meth:`SVI.init` or the first step, e.g. for a ``torch.optim.lr_scheduler``), and
+parameters with sparse gradients (per-datapoint tables read with ``F.embedding(...,
+sparse=True)``) get torch's ``SparseAdam`` with the same learning rate and betas
+(:class:`ParamOptimizer`). :attr:`SVI.beta` weights the latent sites' log densities (KL warm-up;
+1 is the ELBO).
+
+A step is :meth:`SVI.loss_and_grads` (the loss; gradients left on the parameters) followed by
+:meth:`SVI.update` (the optimizer step): a data-parallel loop all-reduces the gradients in
+between (:meth:`pyro_vi.distributed.DataParallel.step`). :meth:`SVI.state_dict` and
+:meth:`SVI.load_state_dict` carry the optimizer state (moments, step counts) for checkpoints.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import nullcontext
+from typing import Any
 
 import pyro
 import pyro.infer
@@ -38,7 +47,7 @@ from pyro.poutine.messenger import Messenger
 
 from .capture import CapturedStep
 
-__all__ = ["SVI", "ScaleLatents"]
+__all__ = ["SVI", "ScaleLatents", "ParamOptimizer"]
 
 
 class ScaleLatents(Messenger):
@@ -51,6 +60,89 @@ class ScaleLatents(Messenger):
     def _process_message(self, msg):
         if msg["type"] == "sample" and not msg["is_observed"]:
             msg["scale"] = msg["scale"] * self.beta
+
+
+def _refusal(loss: pyro.infer.ELBO) -> str | None:
+    """Why steps of ``loss`` cannot be captured, or None."""
+    if not callable(getattr(loss, "differentiable_loss", None)):
+        return f"{type(loss).__name__} has no differentiable_loss"
+    if type(loss).__name__.startswith("Jit"):
+        return f"{type(loss).__name__} compiles its own graph"
+    return None
+
+
+class ParamOptimizer:
+    """One torch optimizer for the dense parameters of Pyro's param store, and torch's
+    ``SparseAdam`` (lazy Adam: rows absent from a batch keep their values and moments) for those
+    whose gradients are sparse, with the dense one's learning rate and betas. Parameters are
+    grouped by their param-store names in the order they appeared, which is also the layout of
+    :meth:`state_dict`::
+
+        opt = ParamOptimizer(functools.partial(torch.optim.Adam, lr=1e-3))
+        opt.add(["loc", "scale"])      # after a backward pass: sparse or dense by the gradient
+        opt.step()                     # steps and drops the gradients
+    """
+
+    def __init__(self, factory: Callable[[list[torch.Tensor]], torch.optim.Optimizer]):
+        self.factory = factory
+        self.groups: dict[str, list[list[str]]] = {"dense": [], "sparse": []}
+        self.opts: dict[str, torch.optim.Optimizer] = {}
+
+    def __len__(self) -> int:
+        return sum(len(g) for groups in self.groups.values() for g in groups)
+
+    def names(self) -> list[str]:
+        """Param-store names of every parameter taken in, dense first."""
+        return [nm for groups in self.groups.values() for g in groups for nm in g]
+
+    def _sparse(self, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+        dense = self.opts.get("dense") or self.factory([torch.zeros(1, requires_grad=True)])
+        lr, betas = dense.defaults.get("lr", 1e-3), dense.defaults.get("betas", (0.9, 0.999))
+        return torch.optim.SparseAdam(params, lr=lr, betas=betas)
+
+    def add(self, names: list[str], kind: str | None = None) -> None:
+        """Take in the store's parameters ``names``; ``kind`` "dense" or "sparse", or None to
+        tell by their gradients (sparse if the gradient is)."""
+        if kind is None:
+            store = pyro.get_param_store()
+            grads = {nm: store.get_param(nm).unconstrained().grad for nm in names}
+            sparse = [nm for nm in names if grads[nm] is not None and grads[nm].is_sparse]
+            self.add(sparse, "sparse")
+            self.add([nm for nm in names if nm not in sparse], "dense")
+            return
+        if not names:
+            return
+        store = pyro.get_param_store()
+        params = [store.get_param(nm).unconstrained() for nm in names]
+        if kind in self.opts:
+            self.opts[kind].add_param_group({"params": params})
+        else:
+            self.opts[kind] = (self._sparse if kind == "sparse" else self.factory)(params)
+        self.groups[kind].append(list(names))
+
+    def set_lr(self, lr: float) -> None:
+        """Set the learning rate of every parameter group."""
+        for opt in self.opts.values():
+            for g in opt.param_groups:
+                g["lr"] = lr
+
+    def step(self) -> None:
+        """Step every optimizer, then drop the gradients (None)."""
+        for opt in self.opts.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        """``{"groups": {"dense": [[names]], "sparse": [[names]]}, "dense": .., "sparse": ..}``."""
+        return {"groups": self.groups, **{k: o.state_dict() for k, o in self.opts.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take in the groups of ``state`` (the store must hold those names) and their moments."""
+        for kind in ("dense", "sparse"):
+            for names in state["groups"][kind]:
+                self.add(names, kind)
+            if kind in self.opts:
+                self.opts[kind].load_state_dict(state[kind])
 
 
 def _refusal(loss: pyro.infer.ELBO) -> str | None:
@@ -92,18 +184,25 @@ class SVI:
             raise TypeError(f"loss={loss!r}: pass a Pyro ELBO instance such as Trace_ELBO()")
         self.model, self.guide, self.optim, self.loss = model, guide, optim, loss
         self.beta = 1.0
-        self.optimizer: torch.optim.Optimizer | None = None  # with a torch factory
+        #: with a torch factory: the dense and sparse optimizers over the store's parameters
+        self.optimizers = None if isinstance(optim, pyro.optim.PyroOptim) else ParamOptimizer(optim)
         self.params: dict[str, torch.Tensor] = {}  # name -> unconstrained tensor, first seen first
         self._seen: set = set()
         self._captured: CapturedStep | None = None
-        refused = None if capture else "capture off"
-        refused = refused or _refusal(loss)
-        if refused is None:
+        self._refused = None if capture else "capture off"
+        self._refused = self._refused or _refusal(loss)
+        if self._refused is None:
             self._captured = CapturedStep(
                 loss, model, guide, lambda: list(self.params.values()), ScaleLatents
             )
-        self._refused = refused
         self.captured_steps = 0
+        self.steps = 0  # calls of loss_and_grads (steps begun)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """With a torch factory, the torch optimizer over the dense parameters (None before the
+        first step or :meth:`init`, and with a Pyro optimizer)."""
+        return None if self.optimizers is None else self.optimizers.opts.get("dense")
 
     @property
     def mode(self) -> str:
@@ -117,6 +216,9 @@ class SVI:
     def _scaled(self):
         return ScaleLatents(self.beta) if self.beta != 1.0 else nullcontext()
 
+    def _refuse(self, reason: str) -> None:
+        self._refused, self._captured = reason, None
+
     def _take(self, trace) -> None:
         """Adopt the param sites of ``trace`` not seen before (and give a torch optimizer them)."""
         new = {
@@ -128,12 +230,10 @@ class SVI:
         if not new:
             return
         self.params.update(new)
-        if isinstance(self.optim, pyro.optim.PyroOptim):
-            return
-        if self.optimizer is None:
-            self.optimizer = self.optim(list(new.values()))
-        else:
-            self.optimizer.add_param_group({"params": list(new.values())})
+        if self.optimizers is not None:
+            self.optimizers.add(list(new))
+            if self.optimizers.groups["sparse"] and self._captured is not None:
+                self._refuse("sparse gradients")
 
     def init(self, *args, **kwargs) -> SVI:
         """Create the parameters (one trace of guide and model, no step) and, for a torch factory,
@@ -143,43 +243,73 @@ class SVI:
         self._take(params.trace)
         return self
 
-    def _update(self) -> None:
+    def param_groups(self) -> dict[str, list[list[str]]]:
+        """Param-store names of the parameters stepped, by kind ("dense", "sparse")."""
+        if self.optimizers is not None:
+            return self.optimizers.groups
+        return {"dense": [list(self.params)], "sparse": []}
+
+    def loss_and_grads(self, *args, **kwargs) -> float:
+        """The loss at these arguments, with its gradients left on the parameters (no step)."""
+        if self._captured is not None and self._captured.failure is not None:
+            self._refuse(self._captured.failure)
+        self.steps += 1
+        key = None if self._captured is None else self._captured.signature(args, kwargs, self.beta)
+        if key is not None and key in self._seen:
+            loss = self._captured(args, kwargs, self.beta)
+            if loss is not None:
+                self.captured_steps += 1
+                return torch_item(loss)
+            self._refuse(self._captured.failure)
+        # eager, exactly as pyro.infer.SVI.step: the first step of each input signature
+        with poutine.trace(param_only=True) as param_capture, self._scaled():
+            loss = self.loss.loss_and_grads(self.model, self.guide, *args, **kwargs)
+        self._take(param_capture.trace)
+        if self._captured is not None:
+            key = self._captured.signature(args, kwargs, self.beta)
+            if key is None:
+                self._refuse("a non-tensor argument is not a constant")
+            else:
+                self._seen.add(key)
+        return torch_item(loss)
+
+    def update(self) -> None:
         """Step the parameters that have a gradient, then drop every gradient (None, so that
         parameters a later step does not reach are not stepped with a zero gradient)."""
+        if self.optimizers is not None:
+            self.optimizers.step()
+            return
         params = [p for p in self.params.values() if p.grad is not None]
-        if isinstance(self.optim, pyro.optim.PyroOptim):
-            self.optim(params)
-        else:
-            self.optimizer.step()
+        self.optim(params)
         for p in params:
             p.grad = None
 
     def step(self, *args, **kwargs) -> float:
         """One gradient step on the loss of ``model``/``guide`` at these arguments; the loss."""
-        if self._captured is not None and self._captured.failure is not None:
-            self._refused, self._captured = self._captured.failure, None
-        key = None if self._captured is None else self._captured.signature(args, kwargs, self.beta)
-        if key is not None and key in self._seen:
-            loss = self._captured(args, kwargs, self.beta)
-            if loss is not None:
-                self._update()
-                self.captured_steps += 1
-                return torch_item(loss)
-            self._refused, self._captured = self._captured.failure, None
-        # eager, as pyro.infer.SVI.step: the first step of each input signature
-        with poutine.trace(param_only=True) as param_capture, self._scaled():
-            loss = self.loss.loss_and_grads(self.model, self.guide, *args, **kwargs)
-        self._take(param_capture.trace)
-        self._update()
-        if self._captured is not None:
-            key = self._captured.signature(args, kwargs, self.beta)
-            if key is None:
-                self._refused, self._captured = "a non-tensor argument is not a constant", None
-            else:
-                self._seen.add(key)
-        return torch_item(loss)
+        loss = self.loss_and_grads(*args, **kwargs)
+        self.update()
+        return loss
 
     def evaluate_loss(self, *args, **kwargs) -> float:
         """The loss at these arguments, without gradients or a step (as Pyro's SVI)."""
         with torch.no_grad(), self._scaled():
             return torch_item(self.loss.loss(self.model, self.guide, *args, **kwargs))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer state: :meth:`ParamOptimizer.state_dict`, or a Pyro optimizer's
+        ``get_state()``."""
+        if self.optimizers is not None:
+            return self.optimizers.state_dict()
+        return self.optim.get_state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` into a fresh SVI whose parameters are in the store."""
+        if self.optimizers is None:
+            self.optim.set_state(state)
+            return
+        self.optimizers.load_state_dict(state)
+        store = pyro.get_param_store()
+        for nm in self.optimizers.names():
+            self.params.setdefault(nm, store.get_param(nm).unconstrained())
+        if self.optimizers.groups["sparse"] and self._captured is not None:
+            self._refuse("sparse gradients")
