@@ -7,6 +7,10 @@ pickled code instead of running it::
 
     save_atomic({"params": {...}, "epoch": 3}, "runs/demo/checkpoint.pt")
     state = load_checkpoint("runs/demo/checkpoint.pt")
+    restore_params(state["params"], "runs/demo/checkpoint.pt")   # into Pyro's param store
+
+:func:`restore_params` is the one way parameters come back, for ``fit(resume=True)`` and for
+:func:`pyro_vi.runs.load_run` alike.
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ import torch
 
 from .atomic import atomic_open
 
-__all__ = ["CheckpointError", "save_atomic", "load_checkpoint", "rng_state", "set_rng_state"]
+__all__ = [
+    "CheckpointError",
+    "save_atomic",
+    "load_checkpoint",
+    "restore_params",
+    "rng_state",
+    "set_rng_state",
+]
 
 FORMAT = "pyro-vi-checkpoint/1"
 
@@ -102,3 +113,26 @@ def param_values() -> dict[str, torch.Tensor]:
     """Unconstrained values of everything in Pyro's param store, detached copies."""
     store = pyro.get_param_store()
     return {name: store[name].unconstrained().detach().clone() for name in store.keys()}
+
+
+def restore_params(params: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """Copy saved unconstrained values into Pyro's param store, which must hold exactly these
+    names with these shapes (trace the model and guide once first: that creates them); else a
+    one-line CheckpointError naming ``source``."""
+    store = pyro.get_param_store()
+    missing = [nm for nm in params if nm not in store]
+    extra = [nm for nm in store.keys() if nm not in params]
+    if missing or extra:
+        raise CheckpointError(
+            f"{source} does not match this model (missing {missing[:3]}, unexpected "
+            f"{extra[:3]}): load it with the same model and options"
+        )
+    with torch.no_grad():
+        for nm, value in params.items():
+            target = store.get_param(nm).unconstrained()
+            if target.shape != value.shape:
+                raise CheckpointError(
+                    f"{source}: parameter {nm} has shape {tuple(value.shape)}, the model "
+                    f"{tuple(target.shape)}: load it with the same model options"
+                )
+            target.copy_(value)

@@ -24,7 +24,7 @@ import torch
 
 from . import __version__
 from .atomic import atomic_open
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import load_checkpoint, restore_params
 from .data import IMAGE_SETS, Dataset, load
 from .distributed import setup as setup_distributed
 from .evaluate import elbo, log_marginal, max_plate_nesting
@@ -196,7 +196,7 @@ def train_run(
         write_json(config, out / "config.json")
     result = fit(
         model_obj.model, model_obj.guide, data, seed=seed, device=dev, checkpoint_dir=out,
-        resume=resume, run_info={"model": model_name}, distributed=ddp is not None, **fit_options,
+        resume=resume, run_info={"model": model_name}, distributed=ddp or False, **fit_options,
     )  # fmt: skip
     if not writer:
         return None
@@ -269,15 +269,7 @@ def load_run(run_dir: str | os.PathLike, device: str = "auto"):
     model_obj = registry[config["model"]](**config["model_config"]).to(dev)
     args, kw = model_inputs(model_obj, data.test, config["seed"], rows=2)
     max_plate_nesting(model_obj.model, model_obj.guide, *args, **kw)  # registers the params
-    store = pyro.get_param_store()
-    if set(store.keys()) != set(state["params"]):
-        raise CheckpointError(f"{run_dir / CHECKPOINT} does not match the model in config.json")
-    with torch.no_grad():
-        for name, value in state["params"].items():
-            target = store.get_param(name).unconstrained()
-            if target.shape != value.shape:
-                raise CheckpointError(f"{run_dir / CHECKPOINT}: {name} has the wrong shape")
-            target.copy_(value)
+    restore_params(state["params"], run_dir / CHECKPOINT)
     return model_obj, data, config
 
 

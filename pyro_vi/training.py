@@ -30,6 +30,7 @@ tells which ran).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import time
@@ -41,18 +42,26 @@ from pathlib import Path
 
 import pyro
 import pyro.infer
+import pyro.optim
 import pyro.primitives
 import torch
 
 from .atomic import remove_partial
-from .capture import CapturedStep
-from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
+from .callbacks import EarlyStopping, ProgressBar, Validation
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    restore_params,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
 from .data import Dataset, Split
+from .distributed import DataParallel
 from .distributed import setup as setup_distributed
-from .evaluate import elbo as elbo_per_datapoint
-from .evaluate import max_plate_nesting as plate_nesting
 from .evaluate import plate_nesting_of, trace_pair
-from .svi import ScaleLatents
+from .schedule import Schedule
+from .svi import SVI
 
 __all__ = ["fit", "FitResult", "FitError", "LOSSES", "resolve_device"]
 
@@ -195,23 +204,35 @@ def _module_of(fn) -> torch.nn.Module | None:
     return owner if isinstance(owner, torch.nn.Module) else None
 
 
-def _unregistered(owners) -> str | None:
-    """After the first backward pass: a one-line error if a module whose method is the model or
-    guide has parameters that got a gradient but are not in Pyro's param store (``fit`` steps
-    only the store's tensors, so they would never train), else None. Parameters the loss does not
-    use (no gradient) are left alone."""
+def _unregistered(owners, svi: SVI, args, kwargs) -> str | None:
+    """After the first step: a one-line error if a module whose method is the model or guide has
+    parameters that take part in the loss but are not in Pyro's param store (they would never
+    train), else None. Parameters the loss does not reach are left alone. Pyro back-propagates
+    only through param sites, so when none of them got a gradient the loss is differentiated
+    once more (random state forked) to see which it reaches."""
     store = pyro.get_param_store()
     held = {id(store.get_param(nm).unconstrained()) for nm in store.keys()}
-    for owner in owners:
-        names = [n for n, p in owner.named_parameters() if p.grad is not None and id(p) not in held]
-        if names:
-            return (
-                f"{len(names)} parameters of {type(owner).__name__} (e.g. {names[0]!r}) take part "
-                "in the loss but are not in Pyro's param store, so fit would never train them: "
-                "register the module with pyro.module(name, self) in the model or guide, or set "
-                "requires_grad=False on parameters meant to stay fixed"
-            )
-    return None
+    free = [(o, n, p) for o in owners for n, p in o.named_parameters()
+            if p.requires_grad and id(p) not in held]  # fmt: skip
+    if not free:
+        return None
+    used = [p.grad is not None for _, _, p in free]
+    if not any(used) and callable(getattr(svi.loss, "differentiable_loss", None)):
+        devices = [p.device for _, _, p in free if p.device.type == "cuda"][:1]
+        with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False):
+            loss = svi.loss.differentiable_loss(svi.model, svi.guide, *args, **kwargs)
+            grads = torch.autograd.grad(loss, [p for *_, p in free], allow_unused=True)
+        used = [g is not None for g in grads]
+    names = [(o, n) for (o, n, _), u in zip(free, used, strict=True) if u]
+    if not names:
+        return None
+    owner, name = names[0]
+    return (
+        f"{len(names)} parameters of {type(owner).__name__} (e.g. {name!r}) take part in the "
+        "loss but are not in Pyro's param store, so fit would never train them: register the "
+        "module with pyro.module(name, self) in the model or guide, or set requires_grad=False "
+        "on parameters meant to stay fixed"
+    )
 
 
 def _unscaled_batch(mt, batch) -> str | None:
@@ -244,6 +265,16 @@ def _takes_y(fn) -> bool:
         return False
 
 
+def _splits(data, valid, device) -> tuple[Split, Split | None]:
+    """The training split and the monitored one, on ``device``, checked to be finite."""
+    train, valid_default = _as_split(data, device)
+    valid = valid_default if valid is None else _as_split(valid, device)[0]
+    check_finite(train, "training")
+    if valid is not None:
+        check_finite(valid, "validation")
+    return train, valid
+
+
 def _as_split(data, device) -> tuple[Split, Split | None]:
     if isinstance(data, Dataset):
         return data.train.to(device), data.valid.to(device)
@@ -254,7 +285,8 @@ def _as_split(data, device) -> tuple[Split, Split | None]:
     raise FitError(f"data of type {type(data).__name__}: pass a Dataset, a Split or a tensor")
 
 
-def _check_options(epochs, batch_size, lr, anneal_start, num_particles):
+def _check_options(epochs, batch_size, lr, anneal_start, num_particles, capture, optimizer,
+                   lr_decay):  # fmt: skip
     if not isinstance(epochs, int) or epochs <= 0:
         raise FitError(f"epochs={epochs}: use a whole number > 0")
     if not isinstance(batch_size, int) or batch_size <= 0:
@@ -265,6 +297,13 @@ def _check_options(epochs, batch_size, lr, anneal_start, num_particles):
         raise FitError(f"anneal_start={anneal_start}: use a value in (0, 1]")
     if num_particles < 1:
         raise FitError(f"num_particles={num_particles}: use at least 1")
+    if capture not in (True, False, "auto"):
+        raise FitError(f"capture={capture!r}: use True, False or 'auto'")
+    if isinstance(optimizer, pyro.optim.PyroOptim) and lr_decay != 1.0:
+        raise FitError(
+            "lr_decay with a pyro.optim optimizer: use a pyro.optim scheduler (e.g. "
+            "pyro.optim.ExponentialLR) or a torch optimizer name/factory with lr_decay"
+        )
 
 
 def check_finite(split: Split, what: str = "training") -> None:
@@ -273,83 +312,111 @@ def check_finite(split: Split, what: str = "training") -> None:
         raise FitError(f"{what} data contain NaN or Inf: clean or impute them before fitting")
 
 
-def _make_optimizer(name, params, lr, betas, clip_norm):
+def optimizer_factory(
+    name: str | Callable, lr: float = 1e-3, betas=(0.9, 0.999), clip_norm: float = 10.0
+) -> Callable[[list[torch.Tensor]], torch.optim.Optimizer]:
+    """``params -> torch.optim.Optimizer`` for ``"adam"``, ``"clippedadam"`` (Pyro's, clipping
+    at ``clip_norm``) or ``"sgd"`` (momentum 0.9); a callable is returned as it is."""
     if callable(name):
-        return name(params)
+        return name
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=betas)
+        return functools.partial(torch.optim.Adam, lr=lr, betas=betas)
     if name == "clippedadam":
         from pyro.optim.clipped_adam import ClippedAdam
 
-        return ClippedAdam(params, lr=lr, betas=betas, clip_norm=clip_norm)
+        return functools.partial(ClippedAdam, lr=lr, betas=betas, clip_norm=clip_norm)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+        return functools.partial(torch.optim.SGD, lr=lr, momentum=0.9)
     raise FitError(f"unknown optimizer {name!r}: choose adam, clippedadam or sgd")
 
 
-class _Optimizers:
-    """One optimizer for every dense parameter of the param store, and torch's SparseAdam (lazy
-    Adam) for parameters whose gradients are sparse (per-datapoint tables read with
-    ``F.embedding(idx, table, sparse=True)``): rows absent from a batch keep their values and
-    their moments. Parameters are grouped by name in the order they appeared."""
-
-    def __init__(self, name, lr, betas, clip_norm):
-        self.spec = (name, lr, betas, clip_norm)
-        self.groups: dict[str, list[list[str]]] = {"dense": [], "sparse": []}
-        self.opts: dict[str, torch.optim.Optimizer] = {}
-
-    def __len__(self) -> int:
-        return sum(len(g) for groups in self.groups.values() for g in groups)
-
-    def names(self) -> list[str]:
-        return [nm for groups in self.groups.values() for g in groups for nm in g]
-
-    def add(self, kind: str, names: list[str]) -> None:
-        if not names:
-            return
-        store = pyro.get_param_store()
-        params = [store.get_param(nm).unconstrained() for nm in names]
-        name, lr, betas, clip_norm = self.spec
-        if kind in self.opts:
-            self.opts[kind].add_param_group({"params": params})
-        elif kind == "sparse":
-            self.opts[kind] = torch.optim.SparseAdam(params, lr=lr, betas=betas)
-        else:
-            self.opts[kind] = _make_optimizer(name, params, lr, betas, clip_norm)
-        self.groups[kind].append(list(names))
-
-    def discover(self) -> None:
-        """Take in the store's parameters not seen yet, after a backward pass."""
-        store = pyro.get_param_store()
-        known = set(self.names())
-        new = [nm for nm in store.keys() if nm not in known]
-        sparse = [nm for nm in new if _grad_is_sparse(store.get_param(nm).unconstrained())]
-        self.add("sparse", sparse)
-        self.add("dense", [nm for nm in new if nm not in sparse])
-
-    def set_lr(self, lr: float) -> None:
-        for opt in self.opts.values():
-            for g in opt.param_groups:
-                g["lr"] = lr
-
-    def step(self) -> None:
-        for opt in self.opts.values():
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-    def state_dict(self) -> dict:
-        return {"groups": self.groups, **{k: o.state_dict() for k, o in self.opts.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        for kind in ("dense", "sparse"):
-            for names in state["groups"][kind]:
-                self.add(kind, names)
-            if kind in self.opts:
-                self.opts[kind].load_state_dict(state[kind])
+def _probe(model, guide, train: Split, batch_size: int, kwargs_of, max_plate_nesting) -> int:
+    """The one trace of a first batch before training: it creates the params, tells the plate
+    nesting and warns if a batch's ELBO is not scaled to the data set."""
+    first = next(train.batches(min(batch_size, len(train)), shuffle=False))
+    gt, mt = trace_pair(model, guide, first.x, **kwargs_of(first))
+    if len(first.x) < len(train) and (problem := _unscaled_batch(mt, first)):
+        warnings.warn(problem, UserWarning, stacklevel=3)
+    return plate_nesting_of(gt, mt) if max_plate_nesting is None else max_plate_nesting
 
 
-def _grad_is_sparse(p: torch.Tensor) -> bool:
-    return p.grad is not None and p.grad.is_sparse
+def _first_step_problem(stale: list[str], owners, svi: SVI, args, kwargs) -> str | None:
+    """After the first step: a module shadowed in the param store, or one whose parameters are
+    not in it (both would silently never train)."""
+    return stale[0] if stale else _unregistered(owners, svi, args, kwargs)
+
+
+def _train_epoch(svi: SVI, batches, schedule: Schedule, step: int, kwargs_of, ddp, owners,
+                 validate, where: tuple[str, str]) -> tuple[float, int]:  # fmt: skip
+    """One epoch of steps; the summed loss and the step count after it."""
+    total = 0.0
+    for batch in batches:
+        weight = 1.0
+        if ddp is not None:  # this rank's slice of the global batch
+            batch, weight = ddp.shard(batch)
+        svi.beta = schedule.beta(step)
+        first = svi.steps == 0
+        check = validate is True or (validate == "first" and first)
+        with pyro.validation_enabled(bool(check)), cached_modules(False) if first else nullcontext(
+            []
+        ) as stale:  # fmt: skip
+            value = svi.loss_and_grads(batch.x, **kwargs_of(batch))
+        if first and (
+            problem := _first_step_problem(stale, owners, svi, (batch.x,), kwargs_of(batch))
+        ):
+            raise FitError(problem)
+        if ddp is not None:  # gradients and loss of the global batch
+            value = ddp.all_reduce_gradients(value, weight, svi.param_groups())
+        if not math.isfinite(value):
+            raise FitError(
+                f"loss became {value} at {where[0]}, step {step + 1}: lower the learning rate or "
+                f"check the model's scales{where[1]}"
+            )
+        svi.update()
+        total += value
+        step += 1
+    return total, step
+
+
+def _save(path: Path, svi: SVI, result: FitResult, epoch: int, step: int, gen, stopping, ddp,
+          run_info) -> None:  # fmt: skip
+    """The run's checkpoint (rank 0 writes, the others wait for it)."""
+    store = pyro.get_param_store()
+    params = {nm: store.get_param(nm).unconstrained().detach() for nm in svi.params}
+    if not all(bool(torch.isfinite(v).all()) for v in params.values()):
+        raise FitError(
+            f"parameters became NaN/Inf in epoch {epoch}: lower the learning rate; the last good "
+            f"checkpoint ({path}) is intact"
+        )
+    if ddp is None or ddp.is_writer:
+        save_atomic(
+            dict(
+                params=params, optimizer=svi.state_dict(), epoch=epoch, step=step,
+                history=result.history, rng=rng_state(gen), config=result.config,
+                run_info=run_info or {}, **(stopping.state_dict() if stopping else {}),
+            ),
+            path,
+        )  # fmt: skip
+    if ddp is not None:
+        ddp.barrier()  # returns once rank 0 has written the checkpoint
+
+
+def _resume(path: Path, svi: SVI, result: FitResult, gen, stopping, ddp) -> tuple[int, int]:
+    """Restore a checkpoint written by :func:`_save`; the epoch and step it ends at."""
+    if not path.is_file():
+        raise CheckpointError(f"nothing to resume: no {CHECKPOINT} in {path.parent}")
+    # on the CPU: parameters and optimizer moments are copied to their tensors' device, while
+    # Adam's step counts stay CPU scalars (on the GPU each would sync every step)
+    state = load_checkpoint(path, map_location="cpu")
+    if ddp is None or ddp.is_writer:
+        remove_partial(path.parent)  # temporaries of a writer killed mid-write
+    restore_params(state["params"], path)
+    svi.load_state_dict(state["optimizer"])
+    if stopping is not None:
+        stopping.load_state_dict(state)
+    result.history = list(state["history"])
+    set_rng_state(state["rng"], gen)
+    return state["epoch"], state["step"]
 
 
 def fit(
@@ -388,14 +455,21 @@ def fit(
 ) -> FitResult:
     """Fit ``model``/``guide`` to ``data`` by SVI and return a :class:`FitResult`.
 
+    A short loop over public parts, each usable alone: the step is :class:`pyro_vi.SVI` (with
+    a torch optimizer from :func:`optimizer_factory`), the learning rate and KL weight come from
+    :class:`pyro_vi.schedule.Schedule`, validation, early stopping and the progress bar are
+    callbacks (:mod:`pyro_vi.callbacks`), and parameters come back from checkpoints by
+    :func:`pyro_vi.checkpoint.restore_params`, as for :func:`pyro_vi.runs.load_run`.
+
     Args:
         data: a :class:`~pyro_vi.data.Dataset` (its train split is fitted, its valid split
             monitored), a :class:`~pyro_vi.data.Split` or a tensor whose rows are datapoints.
         loss: a name in :data:`LOSSES` or a Pyro ELBO instance; ``num_particles`` particles,
             vectorized by default; ``jit`` picks Pyro's JIT variant.
-        optimizer: ``"adam"``, ``"clippedadam"`` (gradient clipping at ``clip_norm``), ``"sgd"``
-            or a factory ``params -> torch.optim.Optimizer``; the learning rate of epoch ``e`` is
-            ``lr * lr_decay**e``.
+        optimizer: ``"adam"``, ``"clippedadam"`` (gradient clipping at ``clip_norm``), ``"sgd"``,
+            a factory ``params -> torch.optim.Optimizer`` (the learning rate of epoch ``e`` is
+            then ``lr * lr_decay**e``) or a ``pyro.optim`` optimizer (its own learning rate and
+            schedule).
         anneal_epochs: epochs of linear KL warm-up from ``anneal_start`` (> 0) to 1.
         valid: split monitored each epoch (per-datapoint ELBO); ``early_stopping`` = patience
             in epochs, after which the best parameters are restored.
@@ -407,246 +481,105 @@ def fit(
             (atomically); with ``resume=True`` continue from it (``epochs`` is the total).
         distributed: data-parallel over the ranks a launcher (``torchrun``) started, see
             :mod:`pyro_vi.distributed`: ``batch_size`` is the global batch, each rank fits its
-            slice, gradients are all-reduced, only rank 0 writes checkpoints.
+            slice, gradients are all-reduced, only rank 0 writes checkpoints; True sets the
+            process group up, a :class:`~pyro_vi.distributed.DataParallel` uses that one.
         capture: replay each step from a graph captured once per batch shape (see
             :mod:`pyro_vi.capture`) where the objective allows it: True, False, or ``"auto"``
             (runs of at least :data:`CAPTURE_MIN_STEPS` planned steps, where capture pays for
             itself); ``FitResult.step`` says which ran ("captured (torchscript)", "captured
             (fx)" or "eager (reason)").
         run_info: extra JSON-able data stored in checkpoints (e.g. the model's config).
-        callback: called with each epoch's record.
+        callback: called with each epoch's record after validation; a true return value
+            stops the run after that epoch (see :mod:`pyro_vi.callbacks`).
     """
-    _check_options(epochs, batch_size, lr, anneal_start, num_particles)
-    device = resolve_device(device)
-    ddp = setup_distributed(device) if distributed else None  # data-parallel: distributed.py
-    if ddp is not None:
-        device = ddp.device
-    train, valid_default = _as_split(data, device)
-    valid = valid_default if valid is None else _as_split(valid, device)[0]
-    check_finite(train, "training")
-    if valid is not None:
-        check_finite(valid, "validation")
+    _check_options(
+        epochs, batch_size, lr, anneal_start, num_particles, capture, optimizer, lr_decay
+    )
+    ddp = _data_parallel(distributed, device)
+    device = resolve_device(device) if ddp is None else ddp.device
+    train, valid = _splits(data, valid, device)
     owners = {_module_of(model), _module_of(guide)} - {None}
     for owner in owners:
         owner.to(device)
     pass_y = _takes_y(model) and train.y is not None
-    # one trace of a first batch, before seeding: it creates the params and tells the plate
-    # nesting and whether a batch's ELBO is scaled to the data set
-    first = next(train.batches(min(batch_size, len(train)), shuffle=False))
-    if max_plate_nesting is None or len(first.x) < len(train):
-        gt, mt = trace_pair(model, guide, first.x, **_batch_kwargs(first, pass_y))
-        if len(first.x) < len(train) and (problem := _unscaled_batch(mt, first)):
-            warnings.warn(problem, UserWarning, stacklevel=2)
-    nesting = plate_nesting_of(gt, mt) if max_plate_nesting is None else max_plate_nesting
+    kwargs_of = functools.partial(_batch_kwargs, pass_y=pass_y)
+    nesting = _probe(model, guide, train, batch_size, kwargs_of, max_plate_nesting)
     elbo = make_loss(loss, num_particles, vectorize_particles, jit, nesting)
-    has_diff_loss = callable(getattr(elbo, "differentiable_loss", None))  # not Renyi, TraceGraph
-    ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
-
-    pyro.set_rng_seed(seed)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    n = len(train)
-    steps_per_epoch = math.ceil(n / batch_size)
-    anneal_steps = anneal_epochs * steps_per_epoch
-    store = pyro.get_param_store()
-    result = FitResult(device=str(device))
-    result.config = dict(
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    short = capture == "auto" and epochs * steps_per_epoch < CAPTURE_MIN_STEPS
+    factory = optimizer_factory(optimizer, lr, betas, clip_norm)
+    svi = SVI(model, guide, factory, elbo, capture=bool(capture) and not short)
+    schedule = Schedule(lr, lr_decay, anneal_epochs * steps_per_epoch, anneal_start)
+    result = FitResult(device=str(device), config=dict(
         epochs=epochs, batch_size=batch_size, loss=loss if isinstance(loss, str) else repr(loss),
         num_particles=num_particles,
         optimizer=optimizer if isinstance(optimizer, str) else "factory",
         lr=lr, lr_decay=lr_decay, anneal_epochs=anneal_epochs, anneal_start=anneal_start,
         seed=seed, device=str(device), capture=capture,
-    )  # fmt: skip
-    if ddp is not None:
-        result.config["world_size"] = ddp.world_size
-    opts = _Optimizers(optimizer, lr, betas, clip_norm)
-    params: list[torch.Tensor] = []  # the store's unconstrained tensors, for the captured step
-    captured = None
-    if capture not in (True, False, "auto"):
-        raise FitError(f"capture={capture!r}: use True, False or 'auto'")
-    short = capture == "auto" and epochs * steps_per_epoch < CAPTURE_MIN_STEPS
-    if capture and not short and has_diff_loss and not jit:
-        captured = CapturedStep(elbo, model, guide, lambda: params, ScaleLatents)
-    result.step = "eager (short run)" if short else "eager" if captured is None else "captured"
-    start_epoch, step, best, bad_epochs = 0, 0, None, 0
-
-    def kwargs_of(batch):
-        return _batch_kwargs(batch, pass_y)
-
+        **({} if ddp is None else {"world_size": ddp.world_size}),
+    ))  # fmt: skip
+    stopping = EarlyStopping(early_stopping) if valid is not None else None
+    callbacks = [] if valid is None else [Validation(
+        model, guide, valid, num_particles=valid_particles, nesting=nesting, seed=seed,
+        pass_y=pass_y,
+        mean_elbo=None if ddp is None else ddp.mean_elbo,
+    ), stopping]  # fmt: skip
+    ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
+    pyro.set_rng_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    start, step = 0, 0
     if resume:
-        if ckpt_path is None or not ckpt_path.is_file():
-            raise CheckpointError(f"nothing to resume: no {CHECKPOINT} in {checkpoint_dir}")
-        # on the CPU: parameters and optimizer moments are copied to their tensors' device below,
-        # while Adam's step counts stay CPU scalars (on the GPU each would sync every step)
-        state = load_checkpoint(ckpt_path, map_location="cpu")
-        if ddp is None or ddp.is_writer:
-            remove_partial(ckpt_path.parent)  # temporaries of a writer killed mid-write
-        first = next(train.batches(min(batch_size, n), shuffle=False))
-        plate_nesting(model, guide, first.x, **kwargs_of(first))  # creates the params
-        missing = [nm for nm in state["params"] if nm not in store]
-        extra = [nm for nm in store.keys() if nm not in state["params"]]
-        if missing or extra:
-            raise CheckpointError(
-                f"{ckpt_path} does not match this model (missing {missing[:3]}, unexpected "
-                f"{extra[:3]}): resume with the same model and options"
-            )
-        with torch.no_grad():
-            for nm, value in state["params"].items():
-                target = store.get_param(nm).unconstrained()
-                if target.shape != value.shape:
-                    raise CheckpointError(
-                        f"{ckpt_path}: parameter {nm} has shape {tuple(value.shape)}, the model "
-                        f"{tuple(target.shape)}: resume with the same model options"
-                    )
-                target.copy_(value)
-        opts.load_state_dict(state["optimizer"])
-        result.history = list(state["history"])
-        start_epoch, step = state["epoch"], state["step"]
-        best = state.get("best")
-        bad_epochs = state.get("bad_epochs", 0)
-        set_rng_state(state["rng"], gen)
+        if ckpt is None:
+            raise CheckpointError("nothing to resume: pass checkpoint_dir with resume=True")
+        start, step = _resume(ckpt, svi, result, gen, stopping, ddp)
     if ddp is not None:  # every rank starts from rank 0's parameters
-        first = next(train.batches(min(batch_size, n), shuffle=False))
-        plate_nesting(model, guide, first.x, **kwargs_of(first))  # creates missing params
         ddp.broadcast_parameters(model, guide)
-
-    def save_checkpoint(epoch):
-        params = {nm: store.get_param(nm).unconstrained().detach() for nm in opts.names()}
-        if not all(bool(torch.isfinite(v).all()) for v in params.values()):
-            raise FitError(
-                f"parameters became NaN/Inf in epoch {epoch}: lower the learning rate; the last "
-                f"good checkpoint ({ckpt_path}) is intact"
-            )
-        if ddp is not None and not ddp.is_writer:
-            ddp.barrier()  # returns once rank 0 has written the checkpoint
-            return
-        save_atomic(
-            dict(
-                params=params, optimizer=opts.state_dict(), epoch=epoch,
-                step=step, history=result.history, best=best, bad_epochs=bad_epochs,
-                rng=rng_state(gen), config=result.config, run_info=run_info or {},
-            ),
-            ckpt_path,
-        )  # fmt: skip
-        if ddp is not None:
-            ddp.barrier()
-
-    from tqdm.auto import tqdm
-
-    if ddp is not None and not ddp.is_writer:
-        progress = False
-
-    bar = tqdm(
-        total=epochs, initial=start_epoch, disable=None if progress is None else not progress,
-        unit="epoch", dynamic_ncols=True,
-    )  # fmt: skip
+    quiet = ddp is not None and not ddp.is_writer
+    bar = ProgressBar(
+        epochs, start, disable=True if quiet else None if progress is None else not progress
+    )
+    callbacks += [bar] + ([callback] if callback is not None else [])
     t_run = time.perf_counter()
     try:
-        for epoch in range(start_epoch, epochs):
+        for epoch in range(start, epochs):
             t0 = time.perf_counter()
-            lr_now = lr * lr_decay**epoch
-            opts.set_lr(lr_now)
+            if svi.optimizers is not None:  # a pyro.optim optimizer keeps its own schedule
+                svi.optimizers.set_lr(schedule.lr_at(epoch))
             if ddp is not None:
                 ddp.seed_epoch(seed, epoch)
-            total, beta = 0.0, 1.0
-            with cached_modules(has_diff_loss) if not jit else nullcontext([]) as stale_modules:
-                for batch in train.batches(batch_size, generator=gen):
-                    if ddp is not None:  # this rank's slice of the global batch
-                        batch, weight = ddp.shard(batch)
-                    beta = 1.0 if step >= anneal_steps else anneal_start + (
-                        1.0 - anneal_start
-                    ) * (step / anneal_steps)  # fmt: skip
-                    kw = kwargs_of(batch)
-                    check = validate is True or (validate == "first" and not opts.opts)
-                    loss_t = None
-                    if captured is not None and not check and opts.opts:  # after one eager step
-                        if len(params) != len(store):
-                            params[:] = [store.get_param(nm).unconstrained() for nm in store]
-                        loss_t = captured((batch.x,), kw, beta)
-                        if loss_t is None:  # not capturable: eager from here on
-                            result.step, captured = f"eager ({captured.failure})", None
-                    if loss_t is not None:
-                        value = loss_t.item()
-                    else:
-                        with pyro.validation_enabled(bool(check)), ScaleLatents(beta):
-                            if has_diff_loss:
-                                loss_t = elbo.differentiable_loss(model, guide, batch.x, **kw)
-                                loss_t.backward()
-                                value = loss_t.item()
-                            else:
-                                value = float(elbo.loss_and_grads(model, guide, batch.x, **kw))
-                    if stale_modules:
-                        raise FitError(stale_modules[0])
-                    if owners and (problem := _unregistered(owners)):
-                        raise FitError(problem)
-                    owners = None  # checked once, after the first step
-                    if len(store) != len(opts):
-                        opts.discover()
-                        if opts.groups["sparse"] and captured is not None:
-                            result.step, captured = "eager (sparse gradients)", None
-                    if ddp is not None:  # gradients and loss of the global batch
-                        value = ddp.all_reduce_gradients(value, weight, opts.groups)
-                    if not math.isfinite(value):
-                        where = f" ({ckpt_path} is intact)" if ckpt_path else ""
-                        raise FitError(
-                            f"loss became {value} at epoch {epoch + 1}, step {step + 1}: lower the "
-                            f"learning rate or check the model's scales{where}"
-                        )
-                    opts.step()
-                    total += value
-                    step += 1
+            where = f"epoch {epoch + 1}", f" ({ckpt} is intact)" if ckpt else ""
+            total, step = _train_epoch(svi, train.batches(batch_size, generator=gen), schedule,
+                                       step, kwargs_of, ddp, owners, validate, where)  # fmt: skip
+            seconds = time.perf_counter() - t0
             record = dict(
-                epoch=epoch + 1, train_elbo=-total / steps_per_epoch / n, lr=lr_now, beta=beta,
-                seconds=time.perf_counter() - t0, steps=step,
+                epoch=epoch + 1, train_elbo=-total / steps_per_epoch / len(train),
+                lr=schedule.lr_at(epoch), beta=svi.beta, seconds=seconds, steps=step,
+                steps_per_second=steps_per_epoch / seconds,
             )  # fmt: skip
-            record["steps_per_second"] = steps_per_epoch / record["seconds"]
-            if valid is not None:
-                xv = valid.evaluation_x(seed)
-                kv = {"y": valid.y} if pass_y else {}
-                elbo_fn = elbo_per_datapoint if ddp is None else ddp.mean_elbo
-                with torch.no_grad(), cached_modules(), pyro.validation_enabled(False):
-                    v = elbo_fn(
-                        model, guide, xv, num_particles=valid_particles, nesting=nesting, **kv
-                    )
-                record["valid_elbo"] = float(v.mean())
-                if best is None or record["valid_elbo"] > best["valid_elbo"]:
-                    best = dict(epoch=epoch + 1, valid_elbo=record["valid_elbo"])
-                    best["params"] = {nm: store.get_param(nm).unconstrained().detach().clone()
-                                      for nm in opts.names()}  # fmt: skip
-                    bad_epochs = 0
-                else:
-                    bad_epochs += 1
             result.history.append(record)
-            if callback is not None:
-                callback(record)
-            post = {
-                "elbo": f"{record['train_elbo']:.2f}",
-                "it/s": f"{record['steps_per_second']:.0f}",
-            }
-            if "valid_elbo" in record:
-                post["valid"] = f"{record['valid_elbo']:.2f}"
-            bar.set_postfix(post)
-            bar.update(1)
-            stop = early_stopping is not None and bad_epochs >= early_stopping
-            if ckpt_path is not None and (
+            stop = any([bool(cb(record)) for cb in callbacks])
+            if ckpt is not None and (
                 (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or stop
             ):
-                save_checkpoint(epoch + 1)
+                _save(ckpt, svi, result, epoch + 1, step, gen, stopping, ddp, run_info)
             if stop:
                 result.stopped_early = True
                 break
     finally:
         bar.close()
-    if best is not None:
-        result.best_epoch = best["epoch"]
-        if early_stopping is not None:
-            with torch.no_grad():
-                for nm, value in best["params"].items():
-                    store.get_param(nm).unconstrained().copy_(value)
-    if captured is not None:
-        result.step = f"captured ({captured.runner})" if captured.runner else "eager (no step left)"
-    result.steps = step
-    result.seconds = time.perf_counter() - t_run
+    if stopping is not None and stopping.best is not None:
+        result.best_epoch = stopping.best["epoch"]
+        stopping.restore_best()
+    result.step = "eager" if capture is False else "eager (short run)" if short else svi.mode
+    result.steps, result.seconds = step, time.perf_counter() - t_run
     return result
+
+
+def _data_parallel(distributed, device) -> DataParallel | None:
+    """The one data-parallel context of a fit: the one passed, or a new one (True), or None."""
+    if isinstance(distributed, DataParallel):
+        return distributed
+    return setup_distributed(resolve_device(device)) if distributed else None
 
 
 def _batch_kwargs(batch, pass_y: bool) -> dict:

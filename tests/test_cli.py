@@ -175,7 +175,7 @@ def test_mismatched_run(run_dir, tmp_path, capsys):
     c = json.loads((d / "config.json").read_text())
     c["model_config"]["z_dim"] = 7
     (d / "config.json").write_text(json.dumps(c))
-    _bad(capsys, ["evaluate", str(d)], "wrong shape")
+    _bad(capsys, ["evaluate", str(d)], "has shape (8, 32), the model (14, 32)")
     c["dataset"], c["binarize"] = "gaussian2d", None
     c["model_options"]["likelihood"] = "normal"
     (d / "config.json").write_text(json.dumps(c))

@@ -306,3 +306,78 @@ def test_a_batch_elbo_not_scaled_to_the_data_set_is_warned_about():
         warnings.simplefilter("error")  # the subsampled plate: no warning; one batch: none either
         fit(model, guide, x, epochs=1, batch_size=50, device="cpu", progress=False)
         fit(unscaled, guide, x, epochs=1, batch_size=200, device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("capture", [False, True])
+def test_fit_is_a_loop_over_its_public_parts(digits, capture):
+    """pyro_vi.SVI + Schedule + Validation + EarlyStopping in a loop of one's own give fit's
+    parameters exactly, at equal seeds, eager and captured."""
+    import functools
+
+    from pyro.infer import Trace_ELBO
+
+    import pyro_vi
+    from pyro_vi.callbacks import EarlyStopping, Validation
+    from pyro_vi.schedule import Schedule
+
+    opts = dict(epochs=3, batch_size=100, lr=2e-3, lr_decay=0.9, anneal_epochs=2, seed=5)
+    vae = _vae(digits, 1)
+    r = fit(vae.model, vae.guide, digits, device="cpu", progress=False, capture=capture,
+            early_stopping=2, **opts)  # fmt: skip
+    by_fit = _params()
+
+    vae = _vae(digits, 1)
+    factory = functools.partial(torch.optim.Adam, lr=2e-3)
+    elbo = Trace_ELBO(max_plate_nesting=1)  # known, so that no extra trace draws noise
+    svi = pyro_vi.SVI(vae.model, vae.guide, factory, elbo, capture=capture)
+    steps_per_epoch = -(-len(digits.train) // 100)
+    schedule = Schedule(lr=2e-3, lr_decay=0.9, warmup_steps=2 * steps_per_epoch)
+    validation = Validation(vae.model, vae.guide, digits.valid, nesting=1, seed=5)
+    callbacks = [validation, EarlyStopping(2)]
+    pyro.set_rng_seed(5)
+    gen, step, records = torch.Generator().manual_seed(5), 0, []
+    for epoch in range(3):
+        if svi.optimizers.opts:
+            svi.optimizers.set_lr(schedule.lr_at(epoch))
+        for b in digits.train.batches(100, generator=gen):
+            svi.beta = schedule.beta(step)
+            svi.step(b.x, idx=b.idx, size=b.size)
+            step += 1
+        records.append({"epoch": epoch + 1})
+        if any([cb(records[-1]) for cb in callbacks]):
+            break
+    callbacks[1].restore_best()
+    assert [h["valid_elbo"] for h in r.history] == [h["valid_elbo"] for h in records]
+    assert r.best_epoch == callbacks[1].best["epoch"] and r.step == (
+        "eager" if not capture else svi.mode
+    )
+    by_parts = _params()
+    assert all(torch.equal(by_fit[k], by_parts[k]) for k in by_fit)
+
+
+def test_schedule_is_the_stated_warmup_and_decay():
+    from pyro_vi.schedule import Schedule
+
+    s = Schedule(lr=0.1, lr_decay=0.5, warmup_steps=4, beta_start=0.2)
+    assert [s.beta(t) for t in range(6)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0])
+    assert [s.lr_at(e) for e in range(3)] == pytest.approx([0.1, 0.05, 0.025])
+    assert Schedule().beta(0) == 1.0  # no warm-up: the ELBO itself
+    with pytest.raises(ValueError, match="anneal_start=0"):
+        Schedule(beta_start=0)
+
+
+def test_a_callback_returning_true_stops_and_a_pyro_optimizer_trains(digits):
+    vae = _vae(digits)
+    seen = []
+
+    def stop_after_two(record):
+        seen.append(record["epoch"])
+        return record["epoch"] == 2
+
+    r = fit(vae.model, vae.guide, digits, epochs=5, device="cpu", progress=False,
+            optimizer=pyro.optim.Adam({"lr": 3e-3}), callback=stop_after_two)  # fmt: skip
+    assert seen == [1, 2] and r.stopped_early and len(r.history) == 2
+    assert r.history[1]["train_elbo"] > r.history[0]["train_elbo"]
+    with pytest.raises(FitError, match="pyro.optim scheduler"):
+        fit(vae.model, vae.guide, digits, epochs=1, device="cpu", lr_decay=0.9,
+            optimizer=pyro.optim.Adam({"lr": 1e-3}))  # fmt: skip
