@@ -98,10 +98,10 @@ def _writes_outside(gm: fx.GraphModule) -> str | None:
 
 def trace(fn: Callable, inputs: tuple) -> fx.GraphModule:
     """The ATen graph of ``fn(*inputs)`` (forward and any autograd inside it), dead code removed."""
-    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.fx.experimental import proxy_tensor
 
-    with torch.enable_grad():
-        gm = make_fx(fn)(*inputs)
+    with torch.enable_grad(), _light_meta(proxy_tensor):
+        gm = proxy_tensor.make_fx(fn)(*inputs)
     gm.graph.eliminate_dead_code(is_impure_node=_draws_or_impure)
     # unused draws also become outputs, after the real ones: TorchScript's executor would
     # otherwise drop them as dead code (callers read only the leading outputs)
@@ -113,6 +113,28 @@ def trace(fn: Callable, inputs: tuple) -> fx.GraphModule:
         out.args = ([*out.args[0], *unused],)
     gm.recompile()
     return gm
+
+
+@contextmanager
+def _light_meta(proxy_tensor):
+    """While tracing, skip the fake-tensor copy ``make_fx`` keeps of every real intermediate as
+    ``node.meta["val"]`` (a new FakeTensorMode each: about half the time of a trace); nothing
+    here reads it, and ``node.meta["tensor_meta"]`` still records shapes and dtypes."""
+    original = getattr(proxy_tensor, "extract_val", None)
+    if original is None:  # another torch: trace as it is
+        yield
+        return
+
+    def extract_val(val, include_real=False):
+        if isinstance(val, torch.Tensor) and not proxy_tensor.is_fake(val):
+            return None
+        return original(val, include_real)
+
+    proxy_tensor.extract_val = extract_val
+    try:
+        yield
+    finally:
+        proxy_tensor.extract_val = original
 
 
 def _draws_or_impure(node: fx.Node) -> bool:
