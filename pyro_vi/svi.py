@@ -33,6 +33,8 @@ between (:meth:`pyro_vi.distributed.DataParallel.step`). :meth:`SVI.state_dict` 
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
@@ -47,7 +49,7 @@ from pyro.poutine.messenger import Messenger
 
 from .capture import CapturedStep
 
-__all__ = ["SVI", "ScaleLatents", "ParamOptimizer"]
+__all__ = ["SVI", "ScaleLatents", "ParamOptimizer", "Payoff"]
 
 
 class ScaleLatents(Messenger):
@@ -145,13 +147,41 @@ class ParamOptimizer:
                 self.opts[kind].load_state_dict(state[kind])
 
 
-def _refusal(loss: pyro.infer.ELBO) -> str | None:
-    """Why steps of ``loss`` cannot be captured, or None."""
-    if not callable(getattr(loss, "differentiable_loss", None)):
-        return f"{type(loss).__name__} has no differentiable_loss"
-    if type(loss).__name__.startswith("Jit"):
-        return f"{type(loss).__name__} compiles its own graph"
-    return None
+class Payoff:
+    r"""Whether capturing pays over a run, from what this process has measured.
+
+    A capture costs about ``cost_ratio`` eager steps (tracing replays the step under ``make_fx``,
+    TorchScript compiles it, and a check runs it eagerly and replayed once more) and turns a step
+    of :math:`t_e` seconds into about ``speedup`` :math:`\cdot t_e`. Both start from priors
+    measured on this project's pairs and are replaced by the medians of what captures in this
+    process actually cost and saved (:meth:`record`). Over :math:`n` remaining steps capture
+    pays when :math:`n\,t_e\,(1 - \text{speedup}) > \text{margin} \cdot \text{cost}`."""
+
+    #: priors: a capture ≈ 40 eager steps (28-75 measured), a captured step ≈ 0.5 of an eager
+    #: one (0.3-0.7 measured; BENCHMARKS.md)
+    COST_RATIO, SPEEDUP, MARGIN = 40.0, 0.5, 2.0
+    costs: list[float] = []  # capture seconds / eager step seconds, this process
+    speedups: list[float] = []  # captured / eager step seconds, this process
+
+    @classmethod
+    def record(cls, *, cost_ratio: float | None = None, speedup: float | None = None) -> None:
+        """Add one capture's measured cost (in eager steps) or speed-up to this process's."""
+        if cost_ratio is not None:
+            cls.costs.append(cost_ratio)
+        if speedup is not None:
+            cls.speedups.append(speedup)
+
+    @classmethod
+    def estimate(cls, step_seconds: float, remaining: int) -> tuple[bool, str]:
+        """(capture?, why) for ``remaining`` steps of ``step_seconds`` each."""
+        cost = step_seconds * (statistics.median(cls.costs) if cls.costs else cls.COST_RATIO)
+        speedup = statistics.median(cls.speedups) if cls.speedups else cls.SPEEDUP
+        saved = remaining * step_seconds * (1.0 - speedup)
+        why = (
+            f"≈{saved:.2f} s saved over {remaining} steps of {1e3 * step_seconds:.2f} ms against "
+            f"≈{cost:.2f} s to capture"
+        )
+        return saved > cls.MARGIN * cost, why
 
 
 class SVI:
@@ -162,8 +192,14 @@ class SVI:
         optim: a ``pyro.optim`` optimizer, or a factory ``params -> torch.optim.Optimizer``.
         loss: a Pyro ELBO instance (``Trace_ELBO()``, ``TraceMeanField_ELBO()``,
             ``TraceEnum_ELBO(...)``, ...).
-        capture: replay captured steps where the objective allows (True) or never (False).
+        capture: replay captured steps where the objective allows (True), never (False), or
+            where it pays (``"auto"``): the first :attr:`MEASURED` repeated steps run eagerly and
+            are timed, then :class:`Payoff` decides from them and :attr:`planned_steps` (the
+            steps the loop will make in all; None: an open-ended loop, which captures).
     """
+
+    #: eager steps timed before ``capture="auto"`` decides
+    MEASURED = 8
 
     def __init__(
         self,
@@ -172,8 +208,11 @@ class SVI:
         optim: pyro.optim.PyroOptim | Callable[[list[torch.Tensor]], torch.optim.Optimizer],
         loss: pyro.infer.ELBO,
         *,
-        capture: bool = True,
+        capture: bool | str = True,
+        planned_steps: int | None = None,
     ):
+        if capture not in (True, False, "auto"):
+            raise ValueError(f"capture={capture!r}: use True, False or 'auto'")
         if isinstance(optim, torch.optim.Optimizer) or not callable(optim):
             raise TypeError(
                 f"optim={type(optim).__name__}: pass a Pyro optimizer (pyro.optim.Adam({{'lr': "
@@ -197,6 +236,9 @@ class SVI:
             )
         self.captured_steps = 0
         self.steps = 0  # calls of loss_and_grads (steps begun)
+        self.auto = capture == "auto"
+        self.planned_steps = planned_steps
+        self._timings: list[float] = []  # eager seconds of repeated steps (auto), then replays
 
     @property
     def optimizer(self) -> torch.optim.Optimizer | None:
@@ -255,23 +297,70 @@ class SVI:
             self._refuse(self._captured.failure)
         self.steps += 1
         key = None if self._captured is None else self._captured.signature(args, kwargs, self.beta)
-        if key is not None and key in self._seen:
-            loss = self._captured(args, kwargs, self.beta)
+        if key is not None and key in self._seen and not (self.auto and self._undecided()):
+            loss = self._replay(args, kwargs)
             if loss is not None:
-                self.captured_steps += 1
-                return torch_item(loss)
-            self._refuse(self._captured.failure)
-        # eager, exactly as pyro.infer.SVI.step: the first step of each input signature
+                return loss
+        return self._eager(args, kwargs)
+
+    def _eager(self, args, kwargs) -> float:
+        """Exactly as ``pyro.infer.SVI.step``: the first step of each input signature, and with
+        ``capture="auto"`` the steps timed before deciding."""
+        t0 = time.perf_counter()
         with poutine.trace(param_only=True) as param_capture, self._scaled():
             loss = self.loss.loss_and_grads(self.model, self.guide, *args, **kwargs)
         self._take(param_capture.trace)
+        loss = torch_item(loss)
         if self._captured is not None:
-            key = self._captured.signature(args, kwargs, self.beta)
+            key = self._captured.signature(args, kwargs, self.beta)  # the parameters now known
             if key is None:
                 self._refuse("a non-tensor argument is not a constant")
+            elif key in self._seen:
+                self._timings.append(time.perf_counter() - t0)
             else:
                 self._seen.add(key)
-        return torch_item(loss)
+        return loss
+
+    def _undecided(self) -> bool:
+        """With capture="auto": True while eager steps are being timed (or when capture would
+        not pay, which refuses it); False once capture is on."""
+        remaining = None if self.planned_steps is None else max(self.planned_steps - self.steps, 0)
+        if remaining is not None and len(self._timings) + remaining < self.MEASURED:
+            self._refuse(
+                f"capture would not pay: {self.planned_steps} steps planned, too few to time "
+                "and capture"
+            )
+            return True
+        if len(self._timings) < self.MEASURED:
+            return True
+        self.auto = False
+        if remaining is not None:
+            step_seconds = statistics.median(self._timings) if self._timings else 0.0
+            pays, why = Payoff.estimate(step_seconds, remaining + 1)
+            if not pays:
+                self._refuse(f"capture would not pay: {why}")
+                return True
+        return False
+
+    def _replay(self, args, kwargs) -> float | None:
+        """A captured step (capturing this signature first if new), timed for :class:`Payoff`;
+        None (capture refused from here on) where it cannot be captured."""
+        eager = statistics.median(self._timings) if self._timings else None
+        fresh = self._captured.signature(args, kwargs, self.beta) not in self._captured.graphs
+        t0 = time.perf_counter()
+        loss = self._captured(args, kwargs, self.beta)
+        if loss is None:
+            self._refuse(self._captured.failure)
+            return None
+        loss = torch_item(loss)
+        seconds = time.perf_counter() - t0
+        self.captured_steps += 1
+        if eager:
+            if fresh:
+                Payoff.record(cost_ratio=seconds / eager)
+            elif self.captured_steps == 4:  # past TorchScript's first optimizing runs
+                Payoff.record(speedup=seconds / eager)
+        return loss
 
     def update(self) -> None:
         """Step the parameters that have a gradient, then drop every gradient (None, so that

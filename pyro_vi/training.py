@@ -24,8 +24,8 @@ Per-step overhead is kept low by general means: Pyro's validation runs on the fi
 parameters are verified to be the param store's own), one optimizer steps all parameters, the
 data stay on the device, and from the second step on each step is replayed from a graph of its
 loss and gradients captured once per batch shape (:mod:`pyro_vi.capture`; ``capture=False``
-keeps every step eager, ``"auto"`` captures runs long enough to pay for it; ``FitResult.step``
-tells which ran).
+keeps every step eager, ``"auto"`` captures where the timed eager steps say it pays;
+``FitResult.step`` tells which ran).
 """
 
 from __future__ import annotations
@@ -66,10 +66,6 @@ from .svi import SVI
 __all__ = ["fit", "FitResult", "FitError", "LOSSES", "resolve_device"]
 
 LOSSES = ("elbo", "meanfield", "iwae", "tracegraph", "enum")
-#: ``capture="auto"`` captures runs of at least this many planned steps: a capture costs about
-#: 0.2 s per batch shape (about 1.6 s more for the first in a process) and saved 0.9-2.4 ms per
-#: step on the models measured (BENCHMARKS.md)
-CAPTURE_MIN_STEPS = 500
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -485,9 +481,10 @@ def fit(
             process group up, a :class:`~pyro_vi.distributed.DataParallel` uses that one.
         capture: replay each step from a graph captured once per batch shape (see
             :mod:`pyro_vi.capture`) where the objective allows it: True, False, or ``"auto"``
-            (runs of at least :data:`CAPTURE_MIN_STEPS` planned steps, where capture pays for
-            itself); ``FitResult.step`` says which ran ("captured (torchscript)", "captured
-            (fx)" or "eager (reason)").
+            (where it pays: the first eager steps are timed and :class:`pyro_vi.svi.Payoff`
+            weighs what capture would save over the remaining planned steps against what a
+            capture costs in this process); ``FitResult.step`` says which ran ("captured
+            (torchscript)", "captured (fx)" or "eager (reason)").
         run_info: extra JSON-able data stored in checkpoints (e.g. the model's config).
         callback: called with each epoch's record after validation; a true return value
             stops the run after that epoch (see :mod:`pyro_vi.callbacks`).
@@ -506,9 +503,8 @@ def fit(
     nesting = _probe(model, guide, train, batch_size, kwargs_of, max_plate_nesting)
     elbo = make_loss(loss, num_particles, vectorize_particles, jit, nesting)
     steps_per_epoch = math.ceil(len(train) / batch_size)
-    short = capture == "auto" and epochs * steps_per_epoch < CAPTURE_MIN_STEPS
     factory = optimizer_factory(optimizer, lr, betas, clip_norm)
-    svi = SVI(model, guide, factory, elbo, capture=bool(capture) and not short)
+    svi = SVI(model, guide, factory, elbo, capture=capture)
     schedule = Schedule(lr, lr_decay, anneal_epochs * steps_per_epoch, anneal_start)
     result = FitResult(device=str(device), config=dict(
         epochs=epochs, batch_size=batch_size, loss=loss if isinstance(loss, str) else repr(loss),
@@ -532,6 +528,7 @@ def fit(
         if ckpt is None:
             raise CheckpointError("nothing to resume: pass checkpoint_dir with resume=True")
         start, step = _resume(ckpt, svi, result, gen, stopping, ddp)
+    svi.planned_steps = (epochs - start) * steps_per_epoch
     if ddp is not None:  # every rank starts from rank 0's parameters
         ddp.broadcast_parameters(model, guide)
     quiet = ddp is not None and not ddp.is_writer
@@ -570,7 +567,7 @@ def fit(
     if stopping is not None and stopping.best is not None:
         result.best_epoch = stopping.best["epoch"]
         stopping.restore_best()
-    result.step = "eager" if capture is False else "eager (short run)" if short else svi.mode
+    result.step = "eager" if capture is False else svi.mode
     result.steps, result.seconds = step, time.perf_counter() - t_run
     return result
 

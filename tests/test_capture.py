@@ -1,6 +1,8 @@
 """Captured SVI steps (pyro_vi.capture): the replayed graph is the eager objective, and capture
 is refused where a replay would not be faithful."""
 
+import re
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -12,7 +14,7 @@ from pyro_vi.capture import CapturedStep
 from pyro_vi.data import Split, load
 from pyro_vi.models import VAE
 from pyro_vi.svi import ScaleLatents
-from pyro_vi.training import CAPTURE_MIN_STEPS, make_loss
+from pyro_vi.training import make_loss
 
 
 @pytest.fixture(scope="module")
@@ -125,13 +127,34 @@ def test_one_graph_per_batch_shape(digits):
     assert len(step.graphs) == 3  # batch 10, batch 7, and another data size
 
 
-def test_auto_captures_only_runs_long_enough_to_pay_for_it(digits):
-    def run(epochs):
-        pyro.clear_param_store()
-        vae = VAE(64, 2, (16,))
-        return fit(vae.model, vae.guide, digits.train, epochs=epochs, batch_size=256,
-                   device="cpu", progress=False, valid=None).step  # fmt: skip
+def test_auto_decides_by_measurement_and_a_late_capture_matches_eager(digits, one_thread):
+    """capture="auto" times its first eager steps: a tiny run stays eager with the estimate as
+    the reason; a long one captures (after the timed steps) and ends where an eager run does."""
 
-    steps_per_epoch = -(-len(digits.train) // 256)
-    assert run(1) == "eager (short run)"
-    assert run(-(-CAPTURE_MIN_STEPS // steps_per_epoch)).startswith("captured")
+    def run(epochs, capture="auto"):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        vae = VAE(64, 2, (16,))
+        r = fit(vae.model, vae.guide, digits.train, epochs=epochs, batch_size=256, seed=1,
+                device="cpu", progress=False, valid=None, capture=capture)  # fmt: skip
+        return r, {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
+    tiny, _ = run(2)  # 14 steps: saving a few ms cannot pay for a capture
+    assert tiny.step.startswith("eager (capture would not pay: ≈"), tiny.step
+    assert re.search(r"saved over \d+ steps of [\d.]+ ms against ≈[\d.]+ s to capture", tiny.step)
+    late, p_late = run(120)  # 840 steps
+    assert late.step == "captured (torchscript)", late.step
+    eager, p_eager = run(120, capture=False)
+    for k in p_eager:
+        torch.testing.assert_close(p_late[k], p_eager[k], rtol=1e-4, atol=1e-4)
+    assert late.history[-1]["train_elbo"] == pytest.approx(
+        eager.history[-1]["train_elbo"], abs=1e-3
+    )
+
+
+def test_payoff_weighs_saving_against_cost():
+    from pyro_vi.svi import Payoff
+
+    pays, why = Payoff.estimate(0.002, 10)  # 10 ms to save against ~0.08 s
+    assert not pays and "over 10 steps of 2.00 ms" in why
+    assert Payoff.estimate(0.002, 10_000)[0]

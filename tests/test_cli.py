@@ -49,7 +49,10 @@ def test_demo_path_writes_the_run(run_dir, capsys):
     c = json.loads((run_dir / "config.json").read_text())
     assert c["seed"] == 0 and c["versions"]["torch"] and c["model_config"]["x_dim"] == 64
     # 2 epochs of 6 steps: too short for capture to pay for itself
-    assert m["step"] == "eager (short run)" and c["fit_options"]["capture"] == "auto"
+    assert (
+        m["step"].startswith("eager (capture would not pay")
+        and c["fit_options"]["capture"] == "auto"
+    )
 
 
 def test_evaluate_and_sample(run_dir, capsys):
