@@ -22,6 +22,14 @@ into the same loop (same pairs built alike, same batches, Adam 1e-3, epochs inte
 toy, the VAE and the CVAE (the quadrant task on the large case's images: one visible quadrant,
 the other three the target).
 Last line: ``{"svi_ratio_small": .., "svi_ratio_large": .., "svi_ratio_cvae": .., ...}``.
+
+    python benchmarks/overhead.py --vs-pyro --threads 1
+
+times whole calls: ``pyro_vi.fit`` (default ``capture="auto"``, no validation) against Pyro's
+stock loop (``pyro.infer.SVI`` with ``pyro.optim.Adam``, the same batches by index) over 300,
+600, 2,400 and 10,000 steps of the toy and of the 784-400-50 VAE, each run in a fresh process
+(imports, the first optimizer's and the first capture's costs included), from just before the
+call to its end. Last line: ``{"ratio_vs_pyro_toy_300": .., ..., "ratio_vs_pyro_vae_10000": ..}``.
 """
 
 from __future__ import annotations
@@ -29,7 +37,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import pyro
@@ -230,6 +241,60 @@ def vs_pyro_svi(a, device, x_large, source) -> dict:
     return out
 
 
+WHOLE_CASES = {"toy": (5120, 256), "vae": (6400, 128)}  # rows, batch: whole batches only
+WHOLE_STEPS = (300, 600, 2400, 10000)
+
+
+def one_whole_run(kind: str, case: str, steps: int, seed: int, device, x_large) -> dict:
+    """One whole call in this process: ``fit`` or Pyro's stock loop for ``steps`` steps."""
+    n, batch = WHOLE_CASES[case]
+    if case == "toy":
+        x = load("gaussian2d", n=2 * n, seed=seed, device=device).train.x[:n]
+        vae = VAE(2, 1, (10,), likelihood="normal")
+    else:
+        x, vae = x_large[:n], VAE(784, 50, (400,))
+    epochs = steps // (n // batch)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    t0 = time.perf_counter()
+    if kind == "fit":
+        r = fit(vae.model, vae.guide, Split(x), epochs=epochs, batch_size=batch, valid=None,
+                progress=False, device=device, seed=seed)  # fmt: skip
+        mode, last = r.step, r.history[-1]["train_elbo"]
+    else:
+        svi = PyroSVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+        gen = torch.Generator(device=device).manual_seed(seed)
+        for _ in range(epochs):
+            total = 0.0
+            for i in torch.randperm(n, generator=gen, device=device).split(batch):
+                total += svi.step(x[i], idx=i, size=n)
+        mode, last = "pyro.infer.SVI", -total / (n // batch) / n
+    return {"seconds": time.perf_counter() - t0, "mode": mode, "train_elbo": last}
+
+
+def vs_pyro(a) -> dict:
+    """Rows of ``--vs-pyro``: every case and length, fit and Pyro each in a fresh process."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads or 1))
+    out, rows = {}, []
+    for case in WHOLE_CASES:
+        for steps in WHOLE_STEPS:
+            got = {}
+            for kind in ("pyro", "fit") if steps % 600 else ("fit", "pyro"):  # alternate order
+                cmd = [sys.executable, __file__, "--one", kind, case, str(steps),
+                       "--threads", str(a.threads or 1), "--seed", str(a.seed)]  # fmt: skip
+                res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+                got[kind] = json.loads(res.stdout.strip().splitlines()[-1])
+            ratio = got["fit"]["seconds"] / got["pyro"]["seconds"]
+            out[f"ratio_vs_pyro_{case}_{steps}"] = round(ratio, 3)
+            rows.append((case, steps, got, ratio))
+            print(f"{case:<5}{steps:>7} steps  fit {got['fit']['seconds']:8.2f} s  Pyro "
+                  f"{got['pyro']['seconds']:8.2f} s  ratio {ratio:6.3f}  {got['fit']['mode']}",
+                  flush=True)  # fmt: skip
+    print(f"torch {torch.__version__}, pyro {pyro.__version__}, {a.threads or 1} thread(s)")
+    print(json.dumps(out))
+    return out
+
+
 def _pair(module):
     return module.model, module.guide
 
@@ -243,7 +308,12 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--vs-pyro-svi", action="store_true",
                    help="Pyro's SVI loop against pyro_vi.SVI in the same loop instead")  # fmt: skip
+    p.add_argument("--vs-pyro", action="store_true",
+                   help="whole fit calls against Pyro's stock loop, fresh processes")  # fmt: skip
+    p.add_argument("--one", nargs=3, metavar=("KIND", "CASE", "STEPS"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    if a.vs_pyro:
+        return vs_pyro(a)
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
@@ -255,6 +325,11 @@ def main(argv=None) -> dict:
     else:
         x_large = torch.bernoulli(torch.full((a.large_n, 784), 0.3, device=device))
         source = "Bernoulli(0.3) noise"
+    if a.one:
+        kind, case, steps = a.one
+        r = one_whole_run(kind, case, int(steps), a.seed, device, x_large)
+        print(json.dumps(r))
+        return r
     if a.vs_pyro_svi:
         return vs_pyro_svi(a, device, x_large, source)
     pyro.set_rng_seed(a.seed)
