@@ -38,7 +38,9 @@ likelihood of datapoint i (a mixture's :math:`\log \sum_k \pi_k p(y_i \mid \thet
     res = psis_khat(vae.model, vae.guide, x_test, num_samples=500)
     res.khat, res.summary()["share_above_0.7"]
 
-Log densities are unscaled (subsampling scales do not enter) and masks apply.
+The draws and their weights come from the one log-weight engine, :mod:`pyro_vi.weights`, that
+:func:`pyro_vi.elbo` and :func:`pyro_vi.log_marginal` use. Log densities are unscaled (subsampling
+scales do not enter) and masks apply.
 """
 
 from __future__ import annotations
@@ -50,11 +52,21 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pyro
 import torch
 from pyro import poutine
 
-from .evaluate import max_plate_nesting
+from .weights import (
+    DATA_PLATE,
+    PARTICLES,
+    DiagnosticsError,
+    LogWeights,
+    Scored,
+    data_frame,
+    is_subsample_site,
+    max_plate_nesting,
+    particle_plate,
+    score_chunks,
+)
 
 if TYPE_CHECKING:
     import arviz as az
@@ -74,12 +86,10 @@ __all__ = [
     "DATA_PLATE",
 ]
 
-DATA_PLATE = "data"
 MIN_SAMPLES = 10
 PSIS_MIN_SAMPLES = (
     21  # the smallest S whose Pareto tail (ceil(S/5) draws) has the 5 draws a fit needs
 )
-_PARTICLES = "_pyro_vi_draws"
 
 
 def arviz():
@@ -91,20 +101,17 @@ def arviz():
     return az
 
 
-class DiagnosticsError(ValueError):
-    """A diagnostic cannot run on this model/guide pair; the message names the problem and fix."""
-
-
 # ----------------------------------------------------------------------------- drawing from q
 @dataclass
-class Draws:
+class Draws(LogWeights):
     """S draws from the guide with the model's log densities, in a plate-aware layout.
 
     Every tensor has the draws first. ``values`` (latents, also enumerated ones sampled from their
     conditional posterior), ``predictive`` (replicated observations) and ``observed`` (the data,
     no draw axis) have their plate axes next, in the order of ``dims[name]`` (plate names), then
     their event axes. ``log_*_local`` and ``log_lik`` have shape (S, N) along the plate
-    ``"data"``; ``log_*_global`` have shape (S,).
+    ``"data"``; ``log_*_global`` have shape (S,). The log weights (``log_weight``,
+    ``log_weight_local``, ``log_weight_global``) are those of :class:`pyro_vi.weights.LogWeights`.
     """
 
     num_samples: int
@@ -127,53 +134,12 @@ class Draws:
     random_globals: bool = False
     fixed_globals: set[str] = field(default_factory=set)
 
-    @property
-    def has_data_plate(self) -> bool:
-        return self.log_p_local is not None
-
-    @property
-    def log_weight_global(self) -> torch.Tensor:
-        """:math:`g^{(s)}`: terms of the sites outside the data plate, shape (S,)."""
-        return self.log_p_global - self.log_q_global
-
-    @property
-    def log_weight_local(self) -> torch.Tensor:
-        """:math:`\\ell_i^{(s)}`: terms of the sites inside the data plate, shape (S, N)."""
-        if self.log_p_local is None:
-            raise DiagnosticsError(
-                "the model has no plate named 'data': put local latents and observations in "
-                "pyro.plate('data', N) (pyro_vi.data.data_plate) for per-datapoint output"
-            )
-        return self.log_p_local - self.log_q_local
-
-    @property
-    def log_weight(self) -> torch.Tensor:
-        """:math:`\\log p(y, \\theta) - \\log q(\\theta)` per draw, shape (S,)."""
-        lw = self.log_weight_global
-        return lw if self.log_p_local is None else lw + self.log_weight_local.sum(-1)
-
 
 def _check_samples(num_samples: int, least: int = MIN_SAMPLES) -> None:
     if not isinstance(num_samples, int) or num_samples < least:
         raise DiagnosticsError(
             f"num_samples={num_samples}: use at least {least} draws (hundreds for stable k-hat)"
         )
-
-
-def _is_plate_site(site) -> bool:
-    return type(site["fn"]).__name__ == "_Subsample"
-
-
-def _latent(site) -> bool:
-    return site["type"] == "sample" and not site["is_observed"] and not _is_plate_site(site)
-
-
-def _frame(site, name: str = DATA_PLATE):
-    return next((f for f in site["cond_indep_stack"] if f.name == name), None)
-
-
-def _batch_dim(site) -> int:
-    return len(site["fn"].batch_shape)
 
 
 def _layout(site, nesting: int, tensor: torch.Tensor, event: int):
@@ -185,7 +151,7 @@ def _layout(site, nesting: int, tensor: torch.Tensor, event: int):
     for axis in range(1, nesting + 1):
         dim = axis - nesting - 1
         frame = next((f for f in site["cond_indep_stack"] if f.vectorized and f.dim == dim), None)
-        if frame is not None and frame.name != _PARTICLES:
+        if frame is not None and frame.name != PARTICLES:
             names.append(frame.name)
         elif t.shape[axis] == 1:
             drop.append(axis)
@@ -195,137 +161,6 @@ def _layout(site, nesting: int, tensor: torch.Tensor, event: int):
                 "outside any plate: declare its plates with pyro.plate"
             )
     return (t.squeeze(tuple(drop)) if drop else t), names
-
-
-def _site_terms(site, lp: torch.Tensor, nesting: int, width: int) -> torch.Tensor:
-    """Log-density ``lp`` of a site as (*enum axes, draws, N or 1), other plates summed out."""
-    lp = lp.reshape((1,) * (width - lp.dim()) + tuple(lp.shape))
-    n_enum = width - nesting - 1
-    frame = _frame(site)
-    data_axis = None if frame is None else n_enum + nesting + 1 + frame.dim
-    drop = tuple(a for a in range(n_enum + 1, width) if a != data_axis)
-    lp = lp.sum(drop) if drop else lp
-    return lp if data_axis is not None else lp.unsqueeze(-1)
-
-
-def _log_prob(site) -> torch.Tensor:
-    """Unscaled, masked log-density of a sample site."""
-    lp = site["fn"].log_prob(site["value"])
-    if site.get("mask") is not None:
-        lp = lp * site["mask"]
-    return lp
-
-
-class _NoPlate:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _particles(n: int, nesting: int, vectorize: bool):
-    return pyro.plate(_PARTICLES, n, dim=-(nesting + 1)) if vectorize else _NoPlate()
-
-
-def _one_chunk(model, guide, args, kwargs, n, nesting, vectorize, enum) -> dict:
-    """Traces and log-density terms of ``n`` draws (one vectorized batch or one plain draw)."""
-    with _particles(n, nesting, vectorize):
-        gt = poutine.trace(guide).get_trace(*args, **kwargs)
-        m = poutine.replay(model, trace=gt)
-        if enum:  # enum dims left of the draws' dim, also when that dim is absent
-            m = poutine.enum(m, first_available_dim=-(nesting + 2))
-        mt = poutine.trace(m).get_trace(*args, **kwargs)
-    guide_all = {k: s for k, s in gt.nodes.items() if _latent(s)}
-    guide_sites = {k: s for k, s in guide_all.items() if not s["infer"].get("is_auxiliary")}
-    model_latent = {k: s for k, s in mt.nodes.items() if _latent(s)}
-    observed = {
-        k: s
-        for k, s in mt.nodes.items()
-        if s["type"] == "sample" and s["is_observed"] and not _is_plate_site(s)
-    }
-    enumerated = {k for k in model_latent if k not in guide_sites}
-    for name in sorted(enumerated):
-        if model_latent[name]["infer"].get("enumerate") != "parallel":
-            raise DiagnosticsError(
-                f"the guide has no site {name!r}, a latent site of the model: add it to the guide "
-                "(or mark it infer={'enumerate': 'parallel'} in the model to sum it out)"
-            )
-    extra = sorted(k for k in guide_sites if k not in model_latent)
-    if extra:
-        raise DiagnosticsError(
-            f"guide site {extra[0]!r} is not a latent site of the model: rename or drop it"
-        )
-    model_sites = {**model_latent, **observed}
-    lps = {k: _log_prob(s) for k, s in model_sites.items()}
-    width = max([nesting + 1] + [lp.dim() for lp in lps.values()])
-    has_data = any(_frame(s) is not None for s in model_sites.values())
-    terms = dict(log_q_global=0.0, log_p_global=0.0, log_q_local=0.0, log_p_local=0.0)
-    joint, lik, marginal = 0.0, {}, []
-    for s in guide_all.values():  # auxiliary sites (AutoNormal's) belong to log q
-        lp = _site_terms(s, _log_prob(s), nesting, nesting + 1)
-        key = "log_q_local" if _frame(s) is not None else "log_q_global"
-        terms[key] = terms[key] + lp
-    for k, s in model_sites.items():
-        lp = _site_terms(s, lps[k], nesting, width)
-        if _frame(s) is None:
-            if any(d != 1 for d in lp.shape[:-2]):
-                raise DiagnosticsError(
-                    f"site {k!r} outside the 'data' plate depends on an enumerated site: only "
-                    "local discrete latents can be summed out; add them to the guide"
-                )
-            terms["log_p_global"] = terms["log_p_global"] + lp.reshape(lp.shape[-2:])
-        elif k in enumerated or any(d != 1 for d in lp.shape[:-2]):
-            joint = joint + lp
-            if k in observed:
-                marginal.append(k)
-            elif k not in enumerated:
-                raise DiagnosticsError(
-                    f"latent site {k!r} depends on the enumerated {sorted(enumerated)}: "
-                    "add those to the guide"
-                )
-        elif k in observed:
-            lik[k] = lp.reshape(lp.shape[-2:])
-        else:
-            terms["log_p_local"] = terms["log_p_local"] + lp.reshape(lp.shape[-2:])
-    plain, sampled = mt, {}
-    if torch.is_tensor(joint):
-        if len(marginal) != 1:
-            raise DiagnosticsError(
-                f"enumerated sites {sorted(enumerated)} feed {len(marginal)} observed sites: "
-                "a pointwise likelihood needs exactly one; put the others in the guide"
-            )
-        n_enum = width - nesting - 1
-        lik[marginal[0]] = torch.logsumexp(joint.reshape(-1, *joint.shape[-2:]), 0)
-        # Draw the enumerated sites from p(z_i | y_i, theta) and rerun the model with them.
-        logits = joint.movedim(tuple(range(n_enum)), tuple(range(-n_enum, 0)))
-        enum_sizes = logits.shape[-n_enum:]
-        logits = logits.reshape(*logits.shape[:2], -1).expand(n, lik[marginal[0]].shape[-1], -1)
-        index = _unravel(torch.distributions.Categorical(logits=logits).sample(), enum_sizes)
-        data = {}
-        for name in enumerated:
-            s = model_latent[name]
-            v, ev = s["value"], len(s["fn"].event_shape)
-            axis = _enum_axis(v, ev)
-            support = v.reshape(v.shape[axis], *v.shape[v.dim() - ev :])
-            chosen = support[index[width - (v.dim() - ev) + axis]]  # (draws, N, *event)
-            shape = [1] * (nesting + 1)
-            shape[0], shape[nesting + 1 + _frame(s).dim] = chosen.shape[:2]
-            value = chosen.reshape(*shape, *chosen.shape[2:])
-            data[name] = value if vectorize else value.squeeze(0)
-        with _particles(n, nesting, vectorize):
-            m = poutine.condition(poutine.replay(model, trace=gt), data=data)
-            plain = poutine.trace(m).get_trace(*args, **kwargs)
-        sampled = {k: plain.nodes[k] for k in enumerated}
-    data_site = plain.nodes.get(DATA_PLATE)
-    n_data = None
-    if has_data and data_site is not None and _is_plate_site(data_site):
-        n_data = data_site["value"].shape[0]
-    return dict(
-        plain=plain, guide_sites=guide_sites, sampled=sampled, observed=observed, lik=lik,
-        enumerated=enumerated, has_data=has_data, n_data=n_data,
-        data_index=None if data_site is None else data_site["value"], **terms,
-    )  # fmt: skip
 
 
 def _enum_axis(v: torch.Tensor, event: int) -> int:
@@ -345,6 +180,55 @@ def _unravel(index: torch.Tensor, sizes) -> list[torch.Tensor]:
     return out[::-1]
 
 
+def _sample_enumerated(p: Scored) -> dict[str, torch.Tensor]:
+    """Values of the enumerated sites drawn from p(z_i | y_i, theta), from the chunk's joint."""
+    nesting, n_enum = p.nesting, p.joint.dim() - 2
+    width = n_enum + nesting + 1
+    logits = p.joint.movedim(tuple(range(n_enum)), tuple(range(-n_enum, 0)))
+    enum_sizes = logits.shape[-n_enum:]
+    logits = logits.reshape(*logits.shape[:2], -1)
+    logits = logits.expand(p.num_particles, p.log_enum_marginal.shape[-1], -1)
+    index = _unravel(torch.distributions.Categorical(logits=logits).sample(), enum_sizes)
+    data = {}
+    for name in p.enumerated:
+        s = p.model_latent[name]
+        v, ev = s["value"], len(s["fn"].event_shape)
+        axis = _enum_axis(v, ev)
+        support = v.reshape(v.shape[axis], *v.shape[v.dim() - ev :])
+        chosen = support[index[width - (v.dim() - ev) + axis]]  # (draws, N, *event)
+        shape = [1] * (nesting + 1)
+        shape[0], shape[nesting + 1 + data_frame(s).dim] = chosen.shape[:2]
+        value = chosen.reshape(*shape, *chosen.shape[2:])
+        data[name] = value if p.vectorized else value.squeeze(0)
+    return data
+
+
+def _complete(model: Callable, args, kwargs, p: Scored) -> tuple:
+    """A chunk's model trace with its enumerated sites drawn from their conditional posterior,
+    those sites, and the pointwise log-likelihood of each observed site in the data plate."""
+    if p.joint is None:
+        return p.model_trace, {}, p.log_lik
+    for k in p.joint_sites:
+        if k not in p.observed and k not in p.enumerated:
+            raise DiagnosticsError(
+                f"latent site {k!r} depends on the enumerated {sorted(p.enumerated)}: "
+                "add those to the guide"
+            )
+    marginal = [k for k in p.joint_sites if k in p.observed]
+    if len(marginal) != 1:
+        raise DiagnosticsError(
+            f"enumerated sites {sorted(p.enumerated)} feed {len(marginal)} observed sites: "
+            "a pointwise likelihood needs exactly one; put the others in the guide"
+        )
+    data = _sample_enumerated(p)
+    device = next((a.device for a in args if torch.is_tensor(a)), None)
+    with particle_plate(p.num_particles, p.nesting, p.vectorized, device):
+        m = poutine.condition(poutine.replay(model, trace=p.guide_trace), data=data)
+        plain = poutine.trace(m).get_trace(*args, **kwargs)
+    lik = {**p.log_lik, marginal[0]: p.log_enum_marginal}
+    return plain, {k: plain.nodes[k] for k in p.enumerated}, lik
+
+
 def draw(
     model: Callable,
     guide: Callable,
@@ -356,138 +240,88 @@ def draw(
 ) -> Draws:
     """Draw ``num_samples`` latents from ``guide`` and score them under ``model``.
 
-    Draws run vectorized in an outer plate (chunks of ``chunk_size``). ``vectorize=False`` runs
-    one draw per trace, for models that index tensors in ways a particle dimension breaks;
-    ``None`` tries vectorized and falls back with a warning. Runs without gradients.
+    Draws run vectorized in the engine's particle plate (:mod:`pyro_vi.weights`; chunks of
+    ``chunk_size``, automatic by default). ``vectorize=False`` runs one draw per trace, for models
+    that index tensors in ways a particle dimension breaks; ``None`` tries vectorized and falls
+    back with a warning. The weights' draws come first, so at equal seeds they are those of
+    :func:`pyro_vi.log_marginal` and :func:`pyro_vi.elbo`. Runs without gradients.
     """
     _check_samples(num_samples)
     with torch.no_grad():
-        nesting = max_plate_nesting(model, guide, *args, **kwargs)
-        with poutine.block():
-            mt0 = poutine.trace(model).get_trace(*args, **kwargs)
-        enum = any(
-            _latent(s) and s["infer"].get("enumerate") == "parallel" for s in mt0.nodes.values()
-        )
-        run = (model, guide, args, kwargs, num_samples, nesting)
-        if vectorize is None:
-            try:
-                return _draw(*run, True, enum, chunk_size)
-            except DiagnosticsError:
-                raise
-            except (RuntimeError, ValueError, IndexError) as e:
-                warnings.warn(
-                    f"vectorized draws failed ({type(e).__name__}: {str(e)[:100]}); drawing one "
-                    "at a time, which is slower. The model or guide likely indexes or reshapes "
-                    "from the left (z[:, None], expand([len(x), d])), which a leading draws "
-                    "dimension breaks: index from the right (z[..., None], expand(z.shape + "
-                    "(d,))) to vectorize, or pass vectorize=False to skip the attempt",
-                    stacklevel=2,
-                )
-                vectorize = False
-        return _draw(*run, vectorize, enum, chunk_size)
+        parts = list(score_chunks(model, guide, args, kwargs, num_samples, vectorize=vectorize,
+                                  chunk_size=chunk_size))  # fmt: skip
+        done = [_complete(model, args, kwargs, p) for p in parts]
+        return _collect(parts, done, args)
 
 
-def _draw(model, guide, args, kwargs, num_samples, nesting, vectorize, enum, chunk_size) -> Draws:
-    if vectorize:
-        numel = max((a.numel() for a in args if torch.is_tensor(a)), default=1)
-        chunk = chunk_size or max(1, min(num_samples, 2**22 // max(numel, 1)))
-        counts = [min(chunk, num_samples - i) for i in range(0, num_samples, chunk)]
-    else:
-        counts = [1] * num_samples
-    parts = [_one_chunk(model, guide, args, kwargs, n, nesting, vectorize, enum) for n in counts]
-    first = parts[0]
-    ref = next((a for a in args if torch.is_tensor(a) and a.is_floating_point()), None)
-    dtype = torch.get_default_dtype() if ref is None else ref.dtype
-    # the device of any tensor argument (token ids are integer tensors on the data's device)
-    device = next((a.device for a in args if torch.is_tensor(a)), None)
-    n_data = first["n_data"] or 1
-
-    def cat_terms(key: str, width: int) -> torch.Tensor:
-        out = []
-        for p, n in zip(parts, counts, strict=True):
-            v = torch.as_tensor(p[key], dtype=dtype, device=device)
-            v = v.reshape(v.shape[-2:]) if v.dim() >= 2 else v.reshape(1, 1)
-            out.append(v.expand(n, width))
-        return torch.cat(out)
-
+def _collect(parts: list[Scored], done: list[tuple], args) -> Draws:
+    """The chunks' values, replicated observations and terms as one :class:`Draws`."""
+    first, (plain0, sampled0, lik0) = parts[0], done[0]
+    nesting = first.nesting
     dims: dict[str, list[str]] = {}
     plate_sizes: dict[str, int] = {}
 
     def gather(get) -> dict[str, torch.Tensor]:
         out: dict[str, list[torch.Tensor]] = {}
-        for p, n in zip(parts, counts, strict=True):
-            for name, (site, tensor, event) in get(p).items():
+        for p, d in zip(parts, done, strict=True):
+            for name, (site, tensor, event) in get(p, d).items():
                 t, names = _layout(site, nesting, tensor, event)
-                out.setdefault(name, []).append(t.expand(n, *t.shape[1:]))
+                out.setdefault(name, []).append(t.expand(p.num_particles, *t.shape[1:]))
                 dims[name] = names
                 for f in site["cond_indep_stack"]:
-                    if f.name != _PARTICLES:
+                    if f.name != PARTICLES:
                         plate_sizes.setdefault(f.name, t.shape[1 + names.index(f.name)])
         return {k: torch.cat(v) for k, v in out.items()}
 
-    def latents(p):
-        sites = {**p["guide_sites"], **p["sampled"]}
+    def latents(p, d):
+        sites = {**p.guide_sites, **d[1]}
         return {k: (s, s["value"], len(s["fn"].event_shape)) for k, s in sites.items()}
 
-    def replicas(p):
-        out = {}
-        for k in p["observed"]:
-            s = p["plain"].nodes[k]
-            out[k] = (s, s["fn"].sample(), len(s["fn"].event_shape))
-        return out
+    def replicas(p, d):
+        sites = {k: d[0].nodes[k] for k in p.observed}
+        return {k: (s, s["fn"].sample(), len(s["fn"].event_shape)) for k, s in sites.items()}
 
     values = gather(latents)
     predictive = gather(replicas)
-    local = {k for k, s in {**first["guide_sites"], **first["sampled"]}.items() if _frame(s)}
+    local = {k for k, s in {**first.guide_sites, **sampled0}.items() if data_frame(s) is not None}
     glob = set(values) - local
     observed = {}
-    for k in first["observed"]:
-        s = first["plain"].nodes[k]
+    for k in first.observed:
+        s = plain0.nodes[k]
         full = s["value"].expand(s["fn"].batch_shape + s["fn"].event_shape)
         observed[k] = _layout(s, nesting, full, len(s["fn"].event_shape))[0][0]
-    has_data = first["has_data"]
-    lik = {}
-    if has_data:
-        for k in first["lik"]:
-            lik[k] = torch.cat(
-                [p["lik"][k].expand(n, n_data) for p, n in zip(parts, counts, strict=True)]
-            )
-    terms = {
-        key: cat_terms(key, n_data if key.endswith("local") else 1)
-        for key in ("log_q_global", "log_p_global", "log_q_local", "log_p_local")
-    }
-    # float rounding of a log weight grows with the magnitudes summed into it: the joint weight's
-    # with the terms of all datapoints, one datapoint's (a column of the local weights) with its own
-    eps = 64 * torch.finfo(dtype).eps
-    scale = max([1.0] + [float(v.abs().sum(-1).max()) for v in terms.values()])
-    scale = max([scale] + [float(v.abs().sum(-1).max()) for v in lik.values()])
-    local_tol = None
-    if has_data:
-        size = terms["log_q_local"].abs() + terms["log_p_local"].abs()
-        size = size + sum((v.abs() for v in lik.values()), torch.zeros_like(size))
-        local_tol = eps * size.amax(0).clamp_min(1.0)
+    has_data = first.has_data_plate
+    keys = ("log_q_global", "log_p_global") + (("log_q_local", "log_p_local") if has_data else ())
+    terms = {key: torch.cat([getattr(p, key) for p in parts]) for key in keys}
+    lik = {k: torch.cat([d[2][k] for d in done]) for k in lik0}
     fixed = {k for k in glob if bool((values[k] == values[k][:1]).all())}
     return Draws(
-        num_samples=num_samples,
-        values=values,
-        dims=dims,
-        sizes=plate_sizes,
-        local_sites=local,
-        global_sites=glob,
-        enumerated=set(first["enumerated"]),
-        log_q_global=terms["log_q_global"][:, 0],
-        log_p_global=terms["log_p_global"][:, 0],
-        log_q_local=terms["log_q_local"] if has_data else None,
-        log_p_local=terms["log_p_local"] + sum(lik.values(), 0.0) if has_data else None,
-        log_lik=lik,
-        predictive=predictive,
-        observed=observed,
-        data_index=first["data_index"] if has_data else None,
-        tolerance=eps * scale,
-        tolerance_local=local_tol,
-        random_globals=bool(glob - fixed),
-        fixed_globals=fixed,
-    )
+        num_samples=sum(p.num_particles for p in parts), values=values, dims=dims,
+        sizes=plate_sizes, local_sites=local, global_sites=glob, enumerated=set(first.enumerated),
+        log_q_global=terms["log_q_global"], log_p_global=terms["log_p_global"],
+        log_q_local=terms.get("log_q_local"), log_p_local=terms.get("log_p_local"),
+        log_lik=lik, predictive=predictive, observed=observed,
+        data_index=first.data_index if has_data else None,
+        **_tolerances(terms, lik, args), random_globals=bool(glob - fixed), fixed_globals=fixed,
+    )  # fmt: skip
+
+
+def _tolerances(terms: dict, lik: dict, args) -> dict:
+    """Float rounding of a log weight, which grows with the magnitudes summed into it: the joint
+    weight's with the terms of all datapoints, one datapoint's (a column of the local weights)
+    with its own. The spread of weights within it counts as constant weights."""
+    ref = next((a for a in args if torch.is_tensor(a) and a.is_floating_point()), None)
+    eps = 64 * torch.finfo(torch.get_default_dtype() if ref is None else ref.dtype).eps
+    parts = dict(terms)
+    if "log_p_local" in parts:  # the latent terms apart from the likelihood, as they were summed
+        parts["log_p_local"] = parts["log_p_local"] - sum(lik.values(), 0.0)
+    rows = [v.reshape(v.shape[0], -1).abs().sum(-1).max() for v in (*parts.values(), *lik.values())]
+    out = {"tolerance": eps * max([1.0] + [float(r) for r in rows]), "tolerance_local": None}
+    if "log_q_local" in parts:
+        size = parts["log_q_local"].abs() + parts["log_p_local"].abs()
+        size = size + sum((v.abs() for v in lik.values()), torch.zeros_like(size))
+        out["tolerance_local"] = eps * size.amax(0).clamp_min(1.0)
+    return out
 
 
 # ----------------------------------------------------------------------------- PSIS
@@ -716,11 +550,11 @@ def _prior_draws(model: Callable, *args, num_samples: int, **kwargs) -> dict:
     unconditioned): ``{"latent": {name: (values, dims)}, "observed": {...}}``."""
     with torch.no_grad():
         nesting = max(max_plate_nesting(model, lambda *a, **k: None, *args, **kwargs), 0)
-        with pyro.plate(_PARTICLES, num_samples, dim=-(nesting + 1)):
+        with particle_plate(num_samples, nesting):
             tr = poutine.trace(poutine.uncondition(model)).get_trace(*args, **kwargs)
     out = {"latent": {}, "observed": {}}
     for name, s in tr.nodes.items():
-        if s["type"] != "sample" or _is_plate_site(s):
+        if s["type"] != "sample" or is_subsample_site(s):
             continue
         t, names = _layout(s, nesting, s["value"], len(s["fn"].event_shape))
         key = "observed" if (s.get("infer") or {}).get("was_observed") else "latent"

@@ -85,10 +85,10 @@ import torch
 import torch.distributed as dist
 
 from .data import Batch
+from .weights import summed_log_weights
 
 if TYPE_CHECKING:
     from .svi import SVI
-from .evaluate import _auto_chunk, _chunks, log_weights
 
 __all__ = ["DataParallel", "DistributedError", "REQUIRED_ENV", "launched", "setup"]
 
@@ -398,19 +398,18 @@ class DataParallel:
         """The mean per-datapoint ELBO of all of ``x`` (a 0-dim tensor, the same on every rank),
         each rank evaluating a contiguous slice of the rows; ``kwargs`` are per-row tensors.
 
-        Like :func:`pyro_vi.elbo(...).mean() <pyro_vi.evaluate.elbo>`: terms in the data plate
-        summed over all rows, terms outside it (global latents) once, averaged over ranks.
+        Like :func:`pyro_vi.elbo(...).mean() <pyro_vi.evaluate.elbo>`, from the same log-weight
+        engine (:mod:`pyro_vi.weights`): terms in the data plate summed over all rows, terms
+        outside it (global latents) once, averaged over ranks.
         """
         start, stop = self._slice(x.shape[0])
         local_sum, global_sum = 0.0, 0.0
         if stop > start:
-            xs = x[start:stop]
             kw = {k: v[start:stop] for k, v in kwargs.items()}
-            for k in _chunks(num_particles, _auto_chunk((xs,), num_particles)):
-                local, global_ = log_weights(model, guide, xs, num_particles=k, nesting=nesting,
-                                             **kw)  # fmt: skip
-                local_sum += float(local.sum())
-                global_sum += float(global_.sum())
+            local, global_, _ = summed_log_weights(
+                model, guide, (x[start:stop],), kw, num_particles, nesting=nesting
+            )
+            local_sum, global_sum = float(local.sum()), float(global_)
         t = torch.tensor(
             [local_sum / num_particles, global_sum / num_particles, float(stop > start)],
             dtype=torch.float64,

@@ -159,19 +159,26 @@ class GradientStats:
         }
 
 
+#: The losses :func:`gradient_stats` measures, with their options for
+#: :func:`pyro_vi.training.make_loss` (one particle: one gradient estimate per draw).
+_LOSS_OPTIONS = {
+    "elbo": {},
+    "meanfield": {},
+    "tracegraph": {},
+    "enum": {"max_plate_nesting": 1},
+}
+
+
 def _make_loss(loss: str | pyro.infer.ELBO) -> pyro.infer.ELBO:
     if isinstance(loss, pyro.infer.ELBO):
         return loss
-    table = {
-        "elbo": pyro.infer.Trace_ELBO,
-        "meanfield": pyro.infer.TraceMeanField_ELBO,
-        "tracegraph": pyro.infer.TraceGraph_ELBO,
-    }
-    if loss == "enum":
-        return pyro.infer.TraceEnum_ELBO(max_plate_nesting=1)
-    if loss not in table:
-        raise EstimatorError(f"unknown loss {loss!r}: use elbo, meanfield, tracegraph or enum")
-    return table[loss]()
+    if loss not in _LOSS_OPTIONS:
+        raise EstimatorError(
+            f"unknown loss {loss!r}: use {', '.join(_LOSS_OPTIONS)} (or a pyro.infer.ELBO)"
+        )
+    from .training import make_loss  # on first use: fit's module is heavy to import
+
+    return make_loss(loss, **_LOSS_OPTIONS[loss])
 
 
 def _surrogate(loss: pyro.infer.ELBO, model, guide, args, kwargs) -> torch.Tensor:

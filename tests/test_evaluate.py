@@ -1,4 +1,5 @@
-"""pyro_vi.elbo and pyro_vi.log_marginal against closed forms on a linear-Gaussian model."""
+"""pyro_vi.elbo, pyro_vi.log_marginal and the log-weight engine (pyro_vi.weights) behind them and
+the diagnostics, against closed forms on linear-Gaussian models."""
 
 import math
 
@@ -221,3 +222,120 @@ def test_elbo_shares_global_terms_over_the_whole_data_set_under_subsampling():
     )
     assert float(full) == pytest.approx(exact, rel=1e-6)
     assert float(batches) == pytest.approx(exact, rel=1e-6)
+
+
+# --------------------------------------------------------------------------- the one engine
+S2 = 0.5  # observation variance of the scalar conjugate model below
+
+
+def _scalar_pair(loc_fn, scale_fn, left: bool = False):
+    """z_i ~ N(0, 1), x_i | z_i ~ N(z_i, S2): p(x_i) = N(0, 1 + S2), p(z_i | x_i) = N(x_i / (1 +
+    S2), S2 / (1 + S2)). ``left=True`` indexes z from the left (z[:, None]), which a leading
+    particle dimension breaks."""
+
+    def model(x, idx=None, size=None):
+        with data_plate(x, idx, size):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(len(x)), 1.0))
+            if left:  # (N, 1) only without a particle dimension in front of z
+                obs = dist.Normal(z[:, None], math.sqrt(S2)).expand([len(x), 1])
+            else:
+                obs = dist.Normal(z[..., None], math.sqrt(S2))
+            pyro.sample("x", obs.to_event(1), obs=x[..., None])
+
+    def guide(x, idx=None, size=None):
+        with data_plate(x, idx, size):
+            pyro.sample("z", dist.Normal(loc_fn(x), scale_fn(x)))
+
+    return model, guide
+
+
+def _scalar_exact(x):
+    post_m, post_v = x / (1 + S2), S2 / (1 + S2)
+    return dist.Normal(0.0, math.sqrt(1 + S2)).log_prob(x), post_m, post_v
+
+
+def test_the_engine_against_closed_forms_on_every_path():
+    """Exact guide: every log weight is log p(x_i), whichever path drew it (vectorized in one or
+    several chunks, one draw at a time, the fallback of a model that indexes from the left), so
+    elbo, log_marginal and the diagnostics' weights all equal it to float64 rounding."""
+    from pyro_vi.diagnostics import draw
+    from pyro_vi.weights import CHUNK_BUDGET, PARTICLES, chunk_sizes, score
+
+    x = torch.linspace(-2.0, 3.0, 7, dtype=torch.float64)
+    log_px, m, v = _scalar_exact(x)
+    model, guide = _scalar_pair(lambda x: m, lambda x: torch.full_like(m, math.sqrt(v)))
+    for kw in ({}, {"chunk_size": 3}):
+        torch.testing.assert_close(elbo(model, guide, x, num_particles=10, **kw), log_px)
+        torch.testing.assert_close(log_marginal(model, guide, x, num_samples=10, **kw), log_px)
+    for vectorize in (True, False):
+        d = draw(model, guide, x, num_samples=12, vectorize=vectorize, chunk_size=5)
+        torch.testing.assert_close(d.log_weight_local, log_px.expand(12, -1))
+    left = _scalar_pair(lambda x: m, lambda x: torch.full_like(m, math.sqrt(v)), left=True)
+    with pytest.warns(UserWarning, match=r"drawing one at a time.*z\[\.\.\., None\]"):
+        torch.testing.assert_close(elbo(*left, x, num_particles=4), log_px)
+    # one particle plate, one chunking rule
+    sc = score(model, guide, (x,), {}, 6, nesting=1)
+    frames = {f.name: f for f in sc.model_trace.nodes["x"]["cond_indep_stack"]}
+    assert (frames[PARTICLES].size, frames[PARTICLES].dim) == (6, -2)
+    assert sc.log_weight_local.shape == (6, 7) and sc.data_size == 7
+    assert chunk_sizes(10, [torch.zeros(CHUNK_BUDGET // 4)]) == [4, 4, 2]
+    assert chunk_sizes(10, [x], chunk_size=7) == [7, 3]
+
+
+def test_the_engine_elbo_is_log_px_minus_the_analytic_kl():
+    """A non-exact guide N(m + d, (c s)^2): ELBO_i = log p(x_i) - KL(q || p(z | x_i)), with the
+    Monte-Carlo error in closed form too: log w = const - ((a - m + b e)^2 / v - e^2) / 2 for
+    e ~ N(0, 1) has variance ((a - m) b / v)^2 + (b^2 / v - 1)^2 / 2."""
+    x = torch.linspace(-2.0, 3.0, 7, dtype=torch.float64)
+    log_px, m, v = _scalar_exact(x)
+    a, b = m + 0.3, 1.4 * math.sqrt(v)
+    model, guide = _scalar_pair(lambda x: a, lambda x: torch.full_like(a, b))
+    kl = math.log(math.sqrt(v) / b) + (b**2 + (a - m) ** 2) / (2 * v) - 0.5
+    var = ((a - m) * b / v) ** 2 + 0.5 * (b**2 / v - 1) ** 2
+    k = 4000
+    pyro.set_rng_seed(5)
+    e = elbo(model, guide, x, num_particles=k, chunk_size=1000)
+    # 5 s.e. per datapoint: 7 normal errors exceed it with probability 7 * 5.7e-7 = 4e-6
+    assert bool(((e - (log_px - kl)).abs() < 5 * (var / k).sqrt()).all())
+    assert bool((kl > 10 * (var / k).sqrt()).all())  # the gap is resolved, not lost in noise
+
+
+def test_elbo_log_marginal_and_psis_khat_see_the_same_draws():
+    """One engine: at equal seeds psis_khat's raw weights, to_inference_data's log_weight_local,
+    log_marginal and elbo come from the same draws, chunked alike, so log_marginal is exactly
+    the log-mean-exp of psis_khat's weights and elbo their mean (also with global latents)."""
+    from pyro_vi import psis_khat, to_inference_data
+
+    x = torch.linspace(-2.0, 3.0, 7, dtype=torch.float64)
+    _, m, v = _scalar_exact(x)
+    model, guide = _scalar_pair(lambda x: m - 0.2, lambda x: torch.full_like(m, 1.3 * v**0.5))
+    s = 200
+    for chunk in (None, 64):
+        pyro.set_rng_seed(11)
+        res = psis_khat(model, guide, x, num_samples=s, chunk_size=chunk)
+        pyro.set_rng_seed(11)
+        lm = log_marginal(model, guide, x, num_samples=s, chunk_size=chunk)
+        pyro.set_rng_seed(11)
+        e = elbo(model, guide, x, num_particles=s, chunk_size=chunk)
+        pyro.set_rng_seed(11)
+        idata = to_inference_data(model, guide, x, num_samples=s, chunk_size=chunk)
+        assert res.pointwise and res.log_weights.shape == (s, 7)
+        torch.testing.assert_close(lm, res.log_weights.logsumexp(0) - math.log(s))
+        torch.testing.assert_close(e, res.log_weights.mean(0))
+        stats = torch.as_tensor(idata.sample_stats["log_weight_local"].values[0])
+        torch.testing.assert_close(stats, res.log_weights)
+
+    def global_model(x):
+        mu = pyro.sample("mu", dist.Normal(x.new_zeros(()), 1.0))
+        with data_plate(x):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    def global_guide(x):
+        pyro.sample("mu", dist.Normal(x.sum() / (len(x) + 1), 0.8 / math.sqrt(len(x) + 1)))
+
+    pyro.set_rng_seed(3)
+    res = psis_khat(global_model, global_guide, x, num_samples=s)
+    pyro.set_rng_seed(3)
+    e = elbo(global_model, global_guide, x, num_particles=s)
+    assert not res.pointwise and res.log_weights.shape == (s,)
+    torch.testing.assert_close(e.sum(), res.log_weights.mean())
