@@ -29,6 +29,7 @@ is the target. Example::
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import pyro
 import pyro.distributions as dist
@@ -36,9 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_vi.data import Split, data_plate
+from pyro_vi.data import Dataset, Split, data_plate
+from pyro_vi.protocol import Images, Item, Model, PositiveInt, register
 
-from .vae import mlp
+from .vae import Activation, mlp
 
 QUADRANTS = ("bottom-left", "top-left", "bottom-right", "top-right")  # visible in this order
 
@@ -47,7 +49,8 @@ class CVAEError(ValueError):
     """Options or data this CVAE cannot take; the message names the problem and the fix."""
 
 
-class CVAE(nn.Module):
+@register("cvae")
+class CVAE(nn.Module, Model):
     """Conditional VAE with prior, recognition, generation and baseline MLPs; see the module."""
 
     def __init__(
@@ -101,20 +104,31 @@ class CVAE(nn.Module):
     @classmethod
     def from_data(
         cls,
-        data,
-        task: str = "quadrant",
-        quadrants: int = 1,
-        z_dim: int = 20,
-        hidden: tuple[int, ...] = (400,),
-        activation: str = "relu",
-        likelihood: str | None = None,
+        data: Dataset,
+        task: Literal["quadrant", "label"] = "quadrant",
+        quadrants: Literal[1, 2, 3] = 1,
+        z_dim: PositiveInt = 20,
+        hidden: tuple[PositiveInt, ...] = (400,),
+        activation: Activation = "relu",
+        likelihood: Literal["bernoulli", "normal"] | None = None,
         use_baseline: bool = True,
         baseline_epochs: int = 10,
+        *,
         name: str = "cvae",
-        **_,
     ) -> CVAE:
         """A CVAE for ``data`` (a binarized image Dataset), its baseline trained on the train split
-        for ``baseline_epochs`` epochs (torch's global seed drives it)."""
+        for ``baseline_epochs`` epochs (torch's global seed drives it).
+
+        :param task: complete the masked quadrants of an image, or draw an image of a label
+        :param quadrants: visible quadrants (of bottom-left, top-left, bottom-right)
+        :param z_dim: latent dimension
+        :param hidden: hidden widths of the networks
+        :param activation: nonlinearity between the layers
+        :param likelihood: p(x | z); by default bernoulli for binarized images, normal otherwise
+        :param use_baseline: feed the baseline network's prediction to the prior network
+        :param baseline_epochs: epochs of the baseline network's training before the fit
+        :param name: the ``pyro.module`` name (two CVAEs in one param store need two)
+        """
         if (likelihood or data.likelihood) != "bernoulli":
             raise CVAEError("the CVAE has a Bernoulli likelihood: binarize the images")
         if len(data.shape) != 2:
@@ -232,18 +246,20 @@ class CVAE(nn.Module):
             cols += list(self.complete(x, y, num_samples=5))
         return torch.stack(cols, 1).reshape(-1, x.shape[-1]), 8
 
-    def figures(self, data, out, seed: int = 0) -> None:
-        """``completions.png`` (several z per input) and ``baseline.json`` (its test NLL)."""
-        from pathlib import Path
-
-        from pyro_vi.plots import image_grid
-        from pyro_vi.runs import write_json
-
-        torch.manual_seed(seed)
+    @torch.no_grad()
+    def report(self, data: Dataset, seed: int = 0) -> dict[str, Item]:
+        """``completions`` (several z per input, :meth:`sample_grid`) and ``baseline`` (the
+        baseline network's test NLL)."""
         images, nrow = self.sample_grid(64, data)
         title = "baseline | 7 samples per class" if self.task == "label" else (
             "truth | input | baseline | 5 completions (z ~ p(z|x))")  # fmt: skip
-        image_grid(images, self.shape, Path(out) / "completions.png", nrow=nrow, title=title)
-        with torch.no_grad():
-            nll = self.baseline_nll(data.test.evaluation_x(seed), data.test.y).mean()
-        write_json({"test_nll_baseline": float(nll)}, Path(out) / "baseline.json")
+        nll = self.baseline_nll(data.test.evaluation_x(seed), data.test.y).mean()
+        return {
+            "completions": Images(images, self.shape, nrow, title),
+            "baseline": {"test_nll_baseline": float(nll)},
+        }
+
+    def samples(self, n: int, data: Dataset) -> Item:
+        """About ``n`` images: :meth:`sample_grid`."""
+        images, nrow = self.sample_grid(n, data)
+        return Images(images, self.shape, nrow)

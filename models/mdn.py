@@ -33,6 +33,8 @@ are in the data's units::
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -40,9 +42,10 @@ import torch.nn.functional as F
 from pyro.ops.indexing import Vindex
 from torch import nn
 
-from pyro_vi.data import data_plate
+from pyro_vi.data import Dataset, data_plate
+from pyro_vi.protocol import Density, Item, Model, PositiveInt, Scatter, register
 
-from .vae import mlp
+from .vae import Activation, mlp
 
 MODES = ("enum", "map")
 
@@ -51,10 +54,9 @@ class MDNError(ValueError):
     """Options or data this MDN cannot take; the message names the problem and the fix."""
 
 
-class MDN(nn.Module):
+@register("mdn", dataset="inverse-sine", loss="enum")
+class MDN(nn.Module, Model):
     """Mixture density network p(y | x) with K diagonal Gaussian components; see the module."""
-
-    cli_defaults = {"dataset": "inverse-sine", "loss": "enum"}  # what `pyro-vi fit mdn` runs
 
     def __init__(
         self,
@@ -94,15 +96,24 @@ class MDN(nn.Module):
     @classmethod
     def from_data(
         cls,
-        data,
+        data: Dataset,
         components: int = 5,
-        hidden: tuple[int, ...] = (32, 32),
-        activation: str = "relu",
-        mode: str = "enum",
-        y_dim: int | None = None,
-        **_,
+        hidden: tuple[PositiveInt, ...] = (32, 32),
+        activation: Activation = "relu",
+        mode: Literal["enum", "map"] = "enum",
+        y_dim: PositiveInt | None = None,
+        *,
+        name: str = "mdn",
     ) -> MDN:
-        """An MDN for ``data``: its last ``y_dim`` columns (info["y_dim"], else 1) are y."""
+        """An MDN for ``data``, standardized with its training split's moments.
+
+        :param components: mixture components K (1: the unimodal Gaussian network)
+        :param hidden: hidden widths of the networks
+        :param activation: nonlinearity between the layers
+        :param mode: z summed out exactly (with loss enum) or hard EM
+        :param y_dim: the last Y_DIM columns of a row are y (default: the data set's, else 1)
+        :param name: the ``pyro.module`` name (two MDNs in one param store need two)
+        """
         y_dim = y_dim or data.info.get("y_dim", 1)
         if data.dim <= y_dim:
             raise MDNError(
@@ -112,7 +123,7 @@ class MDN(nn.Module):
         x = data.train.x.double()
         std = x.std(0) if len(x) > 1 else torch.ones_like(x[0])
         loc, scale = x.mean(0), torch.where(std > 0, std, 1.0)  # constant columns stay as they are
-        return cls(data.dim - y_dim, y_dim, components, tuple(hidden), activation, mode,
+        return cls(data.dim - y_dim, y_dim, components, tuple(hidden), activation, mode, name,
                    loc=loc.tolist(), scale=scale.tolist())  # fmt: skip
 
     def unimodal(self) -> MDN:
@@ -209,43 +220,28 @@ class MDN(nn.Module):
                 pyro.sample("z", dist.Categorical(logits=log_r), infer={"enumerate": "parallel"})
 
     @torch.no_grad()
-    def figures(self, data, out, seed: int = 0) -> None:
-        """``loglik.json`` (exact test log p(y|x) per row) and, for 1-D x and y, ``density.png``
+    def report(self, data: Dataset, seed: int = 0) -> dict[str, Item]:
+        """``loglik`` (the exact test log p(y|x) per row) and, for 1-D x and y, ``density``
         (p(y|x) as an image, the test rows on top)."""
-        from pathlib import Path
-
-        from pyro_vi.plots import save_figure
-        from pyro_vi.runs import write_json
-
         x = data.test.x
-        write_json({"test_loglik": float(self.log_likelihood(x).mean()), "rows": len(x)},
-                   Path(out) / "loglik.json")  # fmt: skip
+        out: dict[str, Item] = {
+            "loglik": {"test_loglik": float(self.log_likelihood(x).mean()), "rows": len(x)}
+        }
         if self.x_dim == 1 and self.y_dim == 1:
-            save_figure(
-                density_figure({f"K = {self.components}": self}, x), Path(out) / "density.png"
-            )
+            out["density"] = Density({f"K = {self.components}": self}, x)
+        return out
+
+    def samples(self, n: int, data: Dataset) -> Item:
+        """``n`` rows [x, y ~ p(y | x)] with x ~ N(loc, scale^2), as a scatter."""
+        return Scatter(self.sample(n))
 
 
-@torch.no_grad()
-def density_figure(models: dict[str, MDN], rows: torch.Tensor, grid: int = 200):
-    """One panel per model: p(y | x) as an image over the range of ``rows`` ([x, y], 1-D each;
-    colours on a square-root scale, so that broad and narrow parts both show), the rows on top.
-    Returns a matplotlib Figure."""
-    from matplotlib.colors import PowerNorm
+def __getattr__(name: str):
+    """``density_figure`` moved to :mod:`pyro_vi.plots` (figures belong to the run layer);
+    ``from pyro_vi.models.mdn import density_figure`` keeps working without loading matplotlib
+    on import."""
+    if name == "density_figure":  # it moved to the figures module; this name keeps working
+        from pyro_vi.plots import density_figure
 
-    from pyro_vi.plots import InlineFigure
-
-    lo, hi = rows.min(0).values, rows.max(0).values
-    pad = 0.1 * (hi - lo)
-    xs, ys = (torch.linspace(a, b, grid, dtype=rows.dtype, device=rows.device)
-              for a, b in zip(lo - pad, hi + pad, strict=True))  # fmt: skip
-    fig = InlineFigure(figsize=(4.8 * len(models), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(models), squeeze=False)[0]
-    for ax, (title, m) in zip(axes, models.items(), strict=True):
-        p = m.density(xs[:, None], ys[:, None]).T.cpu()  # (y, x)
-        extent = (float(xs[0]), float(xs[-1]), float(ys[0]), float(ys[-1]))
-        im = ax.imshow(p, origin="lower", extent=extent, aspect="auto", norm=PowerNorm(0.5))
-        fig.colorbar(im, ax=ax, label="p(y | x)")
-        ax.scatter(*rows.cpu().T, s=3, c="white", alpha=0.5, linewidths=0)
-        ax.set(title=title, xlabel="x", ylabel="y")
-    return fig
+        return density_figure
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,7 +27,7 @@ encoder always reads the sentence itself::
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from typing import Literal
 
 import pyro
 import pyro.distributions as dist
@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_vi.corpus import BOS, EOS, PAD, UNK, sentence_mask
-from pyro_vi.data import data_plate
+from pyro_vi.data import Dataset, data_plate
 from pyro_vi.evaluate import elbo, log_marginal
+from pyro_vi.protocol import Item, Model, PositiveInt, Text, register
 
 __all__ = ["LanguageModel", "TextVAE", "WordCategorical", "sentence_metrics"]
 
@@ -93,7 +94,8 @@ class WordCategorical(dist.Categorical):
         return h.new_zeros(shape).index_put((where,), torch.cat(lp) if lp else h.new_zeros(0))
 
 
-class LanguageModel(nn.Module):
+@register("text-lm", corpus="wordnet")
+class LanguageModel(nn.Module, Model):
     """RNN language model over token-id rows: the baseline of :class:`TextVAE`, and its decoder.
 
     ``embed_dim``-wide word embeddings, one ``cell`` layer ("lstm" or "gru") of width ``hidden``,
@@ -101,10 +103,8 @@ class LanguageModel(nn.Module):
     """
 
     name = "text_lm"
-    cli_defaults = {"corpus": "wordnet"}  # what `pyro-vi fit text-lm|text-vae` reads
     eval_block = (256, 32)  # rows per call and particles per chunk when evaluating splits
     z_dim = 0
-    latent_options: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -131,15 +131,31 @@ class LanguageModel(nn.Module):
         self.out = nn.Linear(hidden, vocab_size)
 
     @classmethod
-    def from_data(cls, data, hidden=256, embed_dim=128, cell="lstm", word_dropout=0.0, **options):
-        """A model sized for ``data`` (a corpus :class:`~pyro_vi.data.Dataset`); ``hidden`` may be
-        a list (the CLI's widths): its first entry is the RNN width."""
+    def from_data(
+        cls,
+        data: Dataset,
+        hidden: PositiveInt | tuple[PositiveInt, ...] = 256,
+        embed_dim: PositiveInt = 128,
+        cell: Literal["lstm", "gru"] = "lstm",
+        word_dropout: float = 0.0,
+        **latent: int,
+    ) -> LanguageModel:
+        """A model sized for ``data`` (a corpus :class:`~pyro_vi.data.Dataset`).
+
+        :param hidden: hidden widths of the networks (one here: the RNN's)
+        :param embed_dim: width of the word embeddings
+        :param cell: the RNN cell
+        :param word_dropout: decoder inputs become <unk> with this probability while training
+        """
         if "vocab" not in data.info:
             raise ValueError(f"{data.name} is not a sentence corpus: use --corpus wordnet|PATH")
-        hidden = hidden[0] if isinstance(hidden, list | tuple) else hidden
-        extra = {k: options[k] for k in cls.latent_options if k in options}
+        if isinstance(hidden, list | tuple):
+            if len(hidden) != 1:
+                raise ValueError(f"hidden={list(hidden)}: the text models have one RNN layer, "
+                                 "give one width")  # fmt: skip
+            hidden = hidden[0]
         return cls(len(data.info["vocab"]), embed_dim, hidden, cell, data.info["max_len"],
-                   word_dropout, **extra)  # fmt: skip
+                   word_dropout, **latent)  # fmt: skip
 
     def check(self, x: torch.Tensor) -> None:
         """One-line errors for data this model cannot take."""
@@ -223,25 +239,29 @@ class LanguageModel(nn.Module):
         return self.generate(n, greedy=greedy)
 
     def sample_text(self, n: int, data) -> list[str]:
-        """``n`` sampled sentences as strings (the CLI's ``pyro-vi sample``)."""
+        """``n`` sampled sentences as strings."""
         return data.info["vocab"].decode(self.sample(n))
 
-    def figures(self, data, out: Path, seed: int = 0) -> None:
-        """``sentences.txt``: samples (and, for the VAE, reconstructions and homotopies)."""
-        torch.manual_seed(seed)
-        Path(out, "sentences.txt").write_text("\n".join(self.showcase(data)) + "\n")
+    def samples(self, n: int, data: Dataset) -> Item:
+        """``n`` sampled sentences (``pyro-vi sample`` prints them)."""
+        return Text(self.sample_text(n, data))
+
+    def report(self, data: Dataset, seed: int = 0) -> dict[str, Item]:
+        """``sentences``: :meth:`showcase` (samples; for the VAE also reconstructions and a
+        homotopy)."""
+        return {"sentences": Text(self.showcase(data))}
 
     def showcase(self, data, n: int = 10) -> list[str]:
         """Lines of text that show the model: here ``n`` samples."""
         return ["samples:", *data.info["vocab"].decode(self.sample(n))]
 
 
+@register("text-vae", corpus="wordnet")
 class TextVAE(LanguageModel):
     """The sentence VAE: :class:`LanguageModel`'s decoder fed z (initial state and every step)
     and an RNN encoder for q(z | w); see the module docstring."""
 
     name = "text_vae"
-    latent_options = ("z_dim",)
 
     def __init__(
         self,
@@ -260,6 +280,14 @@ class TextVAE(LanguageModel):
         self.encoder = CELLS[cell](embed_dim, hidden, batch_first=True)
         self.enc_out = nn.Linear(hidden, 2 * z_dim)  # loc and log sigma^2
         self.init = nn.Linear(z_dim, hidden * (2 if cell == "lstm" else 1))
+
+    @classmethod
+    def from_data(cls, data: Dataset, z_dim: PositiveInt = 32, **options) -> TextVAE:
+        """A sentence VAE sized for ``data``; ``options`` as :meth:`LanguageModel.from_data`.
+
+        :param z_dim: latent dimension
+        """
+        return super().from_data(data, z_dim=z_dim, **options)
 
     def _initial_state(self, z):
         if z is None:

@@ -22,15 +22,20 @@ flow, so the prior is learned too.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
 
 from pyro_vi import flows
-from pyro_vi.data import data_plate
+from pyro_vi.data import Dataset, data_plate
+from pyro_vi.protocol import Images, Item, Model, PositiveInt, Scatter, register
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU}
+Activation = Literal["relu", "tanh", "softplus", "elu"]  # the keys of ACTIVATIONS
+FlowKind = Literal["nice", "realnvp"]
 
 
 def mlp(sizes: list[int], activation: str = "relu") -> nn.Sequential:
@@ -47,7 +52,8 @@ def mlp(sizes: list[int], activation: str = "relu") -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class VAE(nn.Module):
+@register("vae")
+class VAE(nn.Module, Model):
     """Bernoulli or Gaussian VAE with an MLP encoder and decoder; see the module docstring."""
 
     def __init__(
@@ -87,15 +93,33 @@ class VAE(nn.Module):
 
     @classmethod
     def from_data(
-        cls, data, z_dim=20, hidden=(400,), activation="relu", likelihood=None, **options
+        cls,
+        data: Dataset,
+        z_dim: PositiveInt = 20,
+        hidden: tuple[PositiveInt, ...] = (400,),
+        activation: Activation = "relu",
+        likelihood: Literal["bernoulli", "normal"] | None = None,
+        guide_flow: FlowKind | None = None,
+        prior_flow: FlowKind | None = None,
+        flow_layers: PositiveInt = 4,
+        flow_context: PositiveInt = 32,
+        *,
+        name: str = "vae",
     ) -> VAE:
-        """A VAE sized for ``data`` (a :class:`pyro_vi.data.Dataset`); ``options`` may set
-        ``guide_flow``, ``prior_flow``, ``flow_layers``, ``flow_context``, ``name`` (others are
-        ignored)."""
-        keys = ("guide_flow", "prior_flow", "flow_layers", "flow_context", "name")
-        flow_options = {k: options[k] for k in keys if options.get(k) is not None}
-        likelihood = likelihood or data.likelihood
-        return cls(data.dim, z_dim, tuple(hidden), activation, likelihood, **flow_options)
+        """A VAE sized for ``data`` (a :class:`pyro_vi.data.Dataset`).
+
+        :param z_dim: latent dimension
+        :param hidden: hidden widths of the networks
+        :param activation: nonlinearity between the layers
+        :param likelihood: p(x | z); by default bernoulli for binarized images, normal otherwise
+        :param guide_flow: q(z|x) = the encoder's Gaussian through conditional couplings
+        :param prior_flow: p(z) = N(0, I) through a learned flow
+        :param flow_layers: coupling layers of each flow
+        :param flow_context: width of the context the encoder gives the guide flow
+        :param name: the ``pyro.module`` name (two VAEs in one param store need two)
+        """
+        return cls(data.dim, z_dim, tuple(hidden), activation, likelihood or data.likelihood,
+                   guide_flow, prior_flow, flow_layers, flow_context, name)  # fmt: skip
 
     def check(self, x: torch.Tensor) -> None:
         """One-line errors for data this model cannot take."""
@@ -171,3 +195,26 @@ class VAE(nn.Module):
         t = torch.linspace(0, 1, steps, device=za.device, dtype=za.dtype)
         t = t.reshape((steps,) + (1,) * za.dim())
         return self.decode(za + t * (zb - za))
+
+    @torch.no_grad()
+    def report(self, data: Dataset, seed: int = 0) -> dict[str, Item]:
+        """For images: samples, reconstructions, interpolations and the test set's encoder means
+        by label (a PCA of them beyond 2-D); nothing for other data."""
+        if len(data.shape) != 2:
+            return {}
+        x = data.test.evaluation_x(seed)
+        pairs = torch.stack([x[:16], self.reconstruct(x[:16])], 1).reshape(32, -1)
+        path = self.interpolate(x[:4], x[4:8], steps=8)  # (steps, 4, D)
+        return {
+            "samples": Images(self.sample(64), data.shape, 8, "samples"),
+            "reconstructions": Images(pairs, data.shape, 8, "data | reconstruction"),
+            "interpolation": Images(
+                path.transpose(0, 1).reshape(-1, data.dim), data.shape, 8, "interpolation"
+            ),  # fmt: skip
+            "latent": Scatter(self.encode(x), data.test.y, "encoder means of the test set"),
+        }
+
+    def samples(self, n: int, data: Dataset) -> Item:
+        """``n`` draws of the mean of p(x | z): an image grid for images, else a scatter."""
+        x = self.sample(n)
+        return Images(x, data.shape) if len(data.shape) == 2 else Scatter(x)

@@ -1,4 +1,5 @@
-"""Figures with matplotlib: ELBO curves, image grids, latent embeddings. Figures are built as
+"""Figures with matplotlib: ELBO curves, image grids, latent embeddings, conditional densities,
+and :func:`draw` for what a model shows (:mod:`pyro_vi.protocol`). Figures are built as
 :class:`InlineFigure` objects, matplotlib Figures with a PNG representation (no pyplot, so no
 backend is forced: they show as images in a
 notebook and save on a headless machine); files are written atomically (a temporary file renamed
@@ -29,6 +30,8 @@ __all__ = [
     "latent_scatter",
     "pca_2d",
     "moving_average",
+    "density_figure",
+    "draw",
 ]
 
 
@@ -153,3 +156,40 @@ def latent_scatter(
     if title:
         ax.set_title(title)
     return save_figure(fig, path) if path else fig
+
+
+@torch.no_grad()
+def density_figure(models: dict, rows: torch.Tensor, grid: int = 200):
+    """One panel per model (anything with ``density(inp, ys)``, e.g. an MDN): p(y | x) as an
+    image over the range of ``rows`` ([x, y], 1-D each; colours on a square-root scale, so that
+    broad and narrow parts both show), the rows on top. Returns a matplotlib Figure."""
+    from matplotlib.colors import PowerNorm
+
+    lo, hi = rows.min(0).values, rows.max(0).values
+    pad = 0.1 * (hi - lo)
+    xs, ys = (torch.linspace(a, b, grid, dtype=rows.dtype, device=rows.device)
+              for a, b in zip(lo - pad, hi + pad, strict=True))  # fmt: skip
+    fig = InlineFigure(figsize=(4.8 * len(models), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(models), squeeze=False)[0]
+    for ax, (title, m) in zip(axes, models.items(), strict=True):
+        p = m.density(xs[:, None], ys[:, None]).T.cpu()  # (y, x)
+        extent = (float(xs[0]), float(xs[-1]), float(ys[0]), float(ys[-1]))
+        im = ax.imshow(p, origin="lower", extent=extent, aspect="auto", norm=PowerNorm(0.5))
+        fig.colorbar(im, ax=ax, label="p(y | x)")
+        ax.scatter(*rows.cpu().T, s=3, c="white", alpha=0.5, linewidths=0)
+        ax.set(title=title, xlabel="x", ylabel="y")
+    return fig
+
+
+def draw(item) -> InlineFigure:
+    """The figure of a model's :class:`~pyro_vi.protocol.Images`,
+    :class:`~pyro_vi.protocol.Scatter` or :class:`~pyro_vi.protocol.Density`."""
+    from .protocol import Density, Images, Scatter
+
+    if isinstance(item, Images):
+        return image_grid(item.images, item.shape, nrow=item.nrow, title=item.title)
+    if isinstance(item, Scatter):
+        return latent_scatter(item.points, item.labels, title=item.title)
+    if isinstance(item, Density):
+        return density_figure(item.models, item.rows)
+    raise TypeError(f"no figure for a {type(item).__name__}: pass Images, Scatter or Density")

@@ -28,6 +28,8 @@ from .checkpoint import load_checkpoint, restore_params
 from .data import IMAGE_SETS, Dataset, load
 from .distributed import setup as setup_distributed
 from .evaluate import elbo, log_marginal, max_plate_nesting
+from .protocol import Density, Images, Item, Model, Scatter, Text, registered
+from .protocol import options as model_options
 from .training import CHECKPOINT, FitError, _takes_y, check_finite, fit, resolve_device
 
 __all__ = ["RunError", "train_run", "load_run", "evaluate_run", "write_json", "versions"]
@@ -59,18 +61,24 @@ def write_json(obj, path: str | os.PathLike) -> None:
         f.write("\n")
 
 
-def _registry():
-    from .models import REGISTRY
-
-    return REGISTRY
-
-
-def build_model(name: str, data: Dataset, options: dict):
-    """Instantiate registered model ``name`` for ``data``."""
-    registry = _registry()
+def model_class(name: str) -> type[Model]:
+    """The class registered as ``name`` (:func:`pyro_vi.protocol.register`)."""
+    registry = registered()
     if name not in registry:
         raise RunError(f"unknown model {name!r}: choose one of {', '.join(sorted(registry))}")
-    return registry[name].from_data(data, **options)
+    return registry[name]
+
+
+def build_model(name: str, data: Dataset, options: dict) -> Model:
+    """Instantiate registered model ``name`` for ``data`` with ``options`` (parameters of its
+    ``from_data``)."""
+    cls = model_class(name)
+    known = model_options(cls)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise RunError(f"model {name!r} takes no option {unknown[0]!r}: choose from "
+                       f"{', '.join(known)}")  # fmt: skip
+    return cls.from_data(data, **options)
 
 
 def model_inputs(model_obj, split, seed: int = 0, rows: int | None = None):
@@ -86,10 +94,10 @@ def model_inputs(model_obj, split, seed: int = 0, rows: int | None = None):
 
 
 def _per_datapoint(fn, model_obj, args, kw, **options) -> torch.Tensor:
-    """``fn`` (elbo or log_marginal) of the model/guide pair per datapoint; in blocks when the
-    model has ``eval_block`` = (rows per call, particles per chunk), e.g. sentences (a softmax
-    over the vocabulary per word), all rows at once otherwise."""
-    rows, chunk = getattr(model_obj, "eval_block", (None, None))
+    """``fn`` (elbo or log_marginal) of the model/guide pair per datapoint, in the model's
+    ``eval_block`` = (rows per call, particles per chunk), e.g. sentences (a softmax over the
+    vocabulary per word); all rows at once where that is (None, None)."""
+    rows, chunk = model_obj.eval_block
     n = len(args[0])
     rows = rows or n
     parts = [
@@ -159,7 +167,7 @@ def train_run(
     if resume:
         config = saved_config
         model_name, dataset, binarize = config["model"], config["dataset"], config["binarize"]
-        seed, model_options = config["seed"], config["model_options"]
+        seed, model_options = config["seed"], _stored_options(config)
         data_options = config.get("data_options", {})
         fit_options = {**config["fit_options"], **fit_options}
         load_checkpoint(out / CHECKPOINT)  # fails early on a corrupt checkpoint
@@ -210,31 +218,53 @@ def train_run(
     return metrics
 
 
-def draw_figures(model_obj, data: Dataset, history: list[dict], out: Path, seed: int = 0) -> None:
-    """ELBO curve, then the model's own ``figures(data, out, seed)`` if it has one, else (for
-    image models with sample/reconstruct/interpolate/encode) samples, reconstructions,
-    interpolation and the latent space by label (encoder means; a PCA of them beyond 2-D)."""
-    from .plots import elbo_curve, image_grid, latent_scatter  # matplotlib only where drawn
+def draw_figures(model_obj: Model, data: Dataset, history: list[dict], out: Path,
+                 seed: int = 0) -> None:  # fmt: skip
+    """``elbo.png``, then each item of the model's ``report(data, seed)`` (torch's global seed
+    set to ``seed`` first) as ``out/STEM.png``, ``.json`` or ``.txt``."""
+    from .plots import elbo_curve  # matplotlib only where drawn
 
     elbo_curve(history, out / "elbo.png")
-    if hasattr(model_obj, "figures"):  # a model's own figures
-        model_obj.figures(data, out, seed)
-        return
-    needed = ("sample", "reconstruct", "interpolate", "encode")
-    if len(data.shape) != 2 or not all(hasattr(model_obj, k) for k in needed):
-        return
     torch.manual_seed(seed)
-    x = data.test.evaluation_x(seed)[:32]
-    image_grid(model_obj.sample(64), data.shape, out / "samples.png", nrow=8, title="samples")
-    pairs = torch.stack([x[:16], model_obj.reconstruct(x[:16])], 1).reshape(32, -1)
-    image_grid(pairs, data.shape, out / "reconstructions.png", nrow=8,
-               title="data | reconstruction")  # fmt: skip
-    path = model_obj.interpolate(x[:4], x[4:8], steps=8)  # (steps, 4, D)
-    image_grid(path.transpose(0, 1).reshape(-1, data.dim), data.shape,
-               out / "interpolation.png", nrow=8, title="interpolation")  # fmt: skip
-    with torch.no_grad():
-        z = model_obj.encode(data.test.evaluation_x(seed))
-    latent_scatter(z, data.test.y, out / "latent.png", title="encoder means of the test set")
+    for stem, item in model_obj.report(data, seed).items():
+        write_item(item, out / f"{stem}{item_suffix(item)}")
+
+
+def item_suffix(item: Item) -> str:
+    """The file suffix an :data:`~pyro_vi.protocol.Item` is written with."""
+    if isinstance(item, dict):
+        return ".json"
+    if isinstance(item, Text):
+        return ".txt"
+    if isinstance(item, Images | Scatter | Density):
+        return ".png"
+    raise RunError(f"a model showed a {type(item).__name__}: return an Item of pyro_vi.protocol")
+
+
+def write_item(item: Item, path: str | os.PathLike) -> Path:
+    """Write what a model shows (:data:`pyro_vi.protocol.Item`) to ``path`` atomically: a dict
+    as JSON, :class:`~pyro_vi.protocol.Text` one line each, figures as PNG."""
+    path = Path(path)
+    suffix = item_suffix(item)
+    if suffix == ".json":
+        write_json(item, path)
+    elif suffix == ".txt":
+        with atomic_open(path, "w") as f:
+            f.write("\n".join(item.lines) + "\n")
+    else:
+        from .plots import draw, save_figure
+
+        save_figure(draw(item), path)
+    return path
+
+
+def _stored_options(config: dict) -> dict:
+    """A run's ``model_options``, less those that a pyro-vi before the model protocol recorded
+    for every model (``z_dim``, ``hidden``, ``activation``) where this model does not take them
+    (its ``from_data`` ignored them then)."""
+    known = model_options(model_class(config["model"]))
+    stale = {"z_dim", "hidden", "activation"}
+    return {k: v for k, v in config["model_options"].items() if k in known or k not in stale}
 
 
 def read_config(run_dir: str | os.PathLike) -> dict:
@@ -259,7 +289,7 @@ def load_run(run_dir: str | os.PathLike, device: str = "auto"):
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     dev = resolve_device(device)
-    registry = _registry()
+    registry = registered()
     if config["model"] not in registry:
         raise RunError(f"{run_dir} holds model {config['model']!r}, unknown to this pyro-vi")
     state = load_checkpoint(run_dir / CHECKPOINT, map_location=dev)
@@ -310,4 +340,5 @@ def evaluate_run(
     return metrics
 
 
-__all__ += ["FitError", "build_model", "draw_figures", "read_config", "model_inputs"]
+__all__ += ["FitError", "build_model", "model_class", "draw_figures", "write_item", "read_config",
+            "model_inputs"]  # fmt: skip

@@ -8,11 +8,13 @@ import pickle
 import subprocess
 import sys
 
+import pyro
 import pytest
 import torch
 from mc_error import mc_se
 
 from pyro_vi.cli import main
+from pyro_vi.protocol import REGISTRY, RUN_DEFAULTS, Model, ModelError, PositiveFloat, register
 
 TINY = ["--epochs", "2", "--z-dim", "4", "--hidden", "32", "--iwae-k", "20", "--batch-size", "256"]
 
@@ -253,3 +255,111 @@ def test_help_and_a_short_fit_print_no_warnings(tmp_path):
     assert fits.returncode == 0, fits.stderr
     assert "Warning" not in fits.stderr, fits.stderr
     assert (out / "latent.png").is_file()
+
+
+# --- the model protocol: one-line registration, flags from from_data ------------------------------
+
+
+class _Shift(torch.nn.Module, Model):
+    """x ~ N(loc, scale^2 I) with a learned loc: no latent variable, an empty guide."""
+
+    def __init__(self, dim: int, scale: float = 1.0, centred: bool = False):
+        super().__init__()
+        self.config = dict(dim=dim, scale=scale, centred=centred)
+        self.scale = scale
+        self.loc = torch.nn.Parameter(torch.zeros(dim))
+
+    @classmethod
+    def from_data(cls, data, scale: PositiveFloat = 1.0, centred: bool = False) -> "_Shift":
+        """A model for ``data``.
+
+        :param scale: standard deviation of the noise
+        :param centred: start the location at zero
+        """
+        return cls(data.dim, scale, centred)
+
+    def model(self, x, idx=None, size=None):
+        import pyro.distributions as dist
+
+        from pyro_vi.data import data_plate
+
+        pyro.module("shift", self)
+        with data_plate(x, idx, size):
+            pyro.sample("x", dist.Normal(self.loc, self.scale).to_event(1), obs=x)
+
+    def guide(self, x, idx=None, size=None):
+        pass
+
+
+@pytest.fixture
+def shift_registered():
+    yield register("shift", dataset="gaussian2d")(_Shift)  # the one line a new model needs
+    REGISTRY.pop("shift"), RUN_DEFAULTS.pop("shift")
+
+
+def _help(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_a_model_registered_in_one_line_gets_its_flags_and_fits(shift_registered, tmp_path,
+                                                                capsys):  # fmt: skip
+    text = _help(capsys, ["fit", "--help"])
+    assert "shift" in text.split("positional arguments")[1].split("\n\n")[0]  # the model list
+    assert "standard deviation of the noise [shift 1.0]" in " ".join(text.split())
+    assert "--centred, --no-centred" in text and "--scale SCALE" in text
+    out = tmp_path / "shift"
+    argv = ["fit", "shift", "--scale", "0.5", "--epochs", "1", "--iwae-k", "5", "--out", str(out)]
+    assert main(argv) == 0
+    c = json.loads((out / "config.json").read_text())
+    assert c["dataset"] == "gaussian2d" and c["model_config"] == {"dim": 2, "scale": 0.5,
+                                                                  "centred": False}  # fmt: skip
+    assert (out / "elbo.png").is_file() and json.loads(capsys.readouterr().out)["epochs"] == 1
+    assert main(["evaluate", str(out), "--iwae-k", "5"]) == 0  # the run loads back
+    _bad(capsys, ["sample", str(out)], "does not say how to show samples")
+    _bad(capsys, ["fit", "shift", "--scale", "0", "--out", str(tmp_path / "b")], "must be > 0")
+    _bad(capsys, ["fit", "vae", "--scale", "1", "--out", str(tmp_path / "b")],
+         "--scale does not apply to model 'vae'")  # fmt: skip
+
+
+def test_registration_errors_name_the_fix(shift_registered):
+    class Other(_Shift):
+        @classmethod
+        def from_data(cls, data, hidden: str = "wide") -> "Other":
+            return cls(data.dim)
+
+    with pytest.raises(ModelError, match="taken by _Shift"):
+        register("shift")(Other)
+    with pytest.raises(ModelError, match="option 'hidden' means"):  # one flag, one meaning
+        register("other")(Other)
+    with pytest.raises(ModelError, match="must be a class deriving from"):
+        register("plain")(type("Plain", (), {}))
+    assert "other" not in REGISTRY and "plain" not in REGISTRY
+
+
+def test_each_models_own_defaults_win(tmp_path, capsys, one_thread):
+    text = " ".join(_help(capsys, ["fit", "--help"]).split())
+    assert "[cvae 400, mdn 32 32, text-lm 256, text-vae 256, vae 400]" in text  # --hidden
+    assert "[cvae 20, text-vae 32, vae 20]" in text  # --z-dim
+    quick = ["--epochs", "1", "--iwae-k", "0", "--no-figures", "--batch-size", "512"]
+    assert main(["fit", "mdn", *quick, "--out", str(tmp_path / "mdn")]) == 0
+    c = json.loads((tmp_path / "mdn" / "config.json").read_text())
+    assert c["model_config"]["hidden"] == [32, 32] and c["model_options"] == {}
+    corpus = tmp_path / "sentences.txt"
+    corpus.write_text("\n".join(f"the {a} sees a {b}." for a in "abcdef" for b in "ghijk") + "\n")
+    argv = ["fit", "text-lm", "--corpus", str(corpus), "--vocab-size", "20", "--max-len", "8"]
+    assert main([*argv, *quick, "--out", str(tmp_path / "lm")]) == 0
+    c = json.loads((tmp_path / "lm" / "config.json").read_text())["model_config"]
+    assert (c["hidden"], c["embed_dim"]) == (256, 128)
+    _bad(capsys, [*argv, "--hidden", "8", "8", "--out", str(tmp_path / "b")], "one RNN layer")
+
+
+def test_help_without_fit_imports_no_model():
+    run = _fresh(
+        "import sys\nfrom pyro_vi.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules and 'pyro_vi.models' not in sys.modules\n"
+    )
+    assert run.returncode == 0, run.stderr
