@@ -1,4 +1,4 @@
-r"""The Gaussian mixture model as a Pyro model, four guides, and a scikit-learn-style estimator.
+r"""The Gaussian mixture model and its four guides, as plain Pyro callables.
 
 Model, for K components in D dimensions and datapoints :math:`x_i`:
 
@@ -13,40 +13,35 @@ Model, for K components in D dimensions and datapoints :math:`x_i`:
     z_i &\sim \mathrm{Categorical}(\pi), \qquad
     x_i \mid z_i \sim \mathcal N(\mu_{z_i}, \Sigma_{z_i}),
 
-with :math:`c, s` the mean and standard deviation of the training data (set by :meth:`GMM.setup`).
-The data plate ``"data"`` subsamples. Guides (``guide_kind``), all for :func:`pyro_vi.fit`:
+with :math:`c, s` the priors' centre and spread (the training data's mean and standard
+deviation in :meth:`MixtureModel.from_data`). The data plate ``"data"`` subsamples. Guides, each
+its own callable, with the ELBO it needs in :func:`loss_for`:
 
-- ``"map"``: point-mass (MAP) globals; ``z`` summed out exactly by enumeration
-  (``TraceEnum_ELBO``), so the objective is :math:`\sum_i \log p(x_i \mid \theta) + \log p(\theta)`,
-  EM's objective plus the log prior;
-- ``"meanfield"``: a mean-field normal guide on the (unconstrained) globals, ``z`` enumerated;
-- ``"score"``: MAP globals and one free categorical :math:`q_i(z)` per datapoint, trained by the
-  score-function (REINFORCE) estimator of ``TraceGraph_ELBO``, optionally with a per-datapoint
-  decaying-average baseline (``baseline_beta``); rows without a :math:`q_i` of their own
-  (held-out data such as :func:`pyro_vi.fit`'s validation split) get the optimum of the local
-  family, the posterior under the current globals;
-- ``"amortized"``: MAP globals and :math:`q_\phi(z \mid x)` from a small classifier network,
-  the sum over its K values taken exactly (guide-side enumeration).
+- :func:`map_guide` (``"map"``): Pyro's ``AutoDelta`` on the globals, ``z`` summed out exactly by
+  enumeration (``TraceEnum_ELBO``): the objective is :math:`\sum_i \log p(x_i \mid \theta) +
+  \log p(\theta)`, EM's objective plus the log prior;
+- :func:`meanfield_guide` (``"meanfield"``): Pyro's ``AutoNormal`` on the globals, ``z``
+  enumerated;
+- :class:`ScoreGuide` (``"score"``): MAP globals and a free categorical :math:`q_i(z)` per
+  datapoint, trained by the score-function estimator of ``TraceGraph_ELBO``;
+- :class:`AmortizedGuide` (``"amortized"``): MAP globals and :math:`q_\phi(z \mid x)` from a
+  small classifier, its K values summed exactly (guide-side enumeration).
 
-:class:`GMM` is also an estimator in scikit-learn's style, fitted by closed-form EM (the default,
-:func:`pyro_vi.em.em`), CAVI for the conjugate model (:func:`pyro_vi.em.cavi`) or by SVI with any
-guide::
+The ordinary Pyro way::
 
-    gmm = GMM(n_components=3, covariance="full").fit(x, method="em", seed=0)
-    gmm.score(x_test), gmm.predict(x_test), gmm.bic(x_test)
-    svi = GMM(n_components=3).fit(x, method="svi", epochs=50, lr=0.05)   # guide "map"
-    svi = GMM(n_components=3).fit(x, method="svi", n_init=3)   # EM's three starts, best kept
-    fit(gmm.model, gmm.guide, data, loss=gmm.loss)                      # the plain Pyro pair
+    model = MixtureModel.from_data(x, n_components=3)
+    guide = map_guide(model, kmeans_init(model, x, torch.Generator().manual_seed(0)))
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), loss_for("map"))
+    for step in range(200):
+        svi.step(x)
 
-Components are sorted by the first coordinate of their means after every fit (label switching).
+:class:`pyro_vi.models.GMM` (``gmm_estimator.py``) wraps this pair in a scikit-learn-style
+estimator with restarts, and fits the same mixture by closed-form EM or CAVI
+(:mod:`pyro_vi.em`).
 """
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
-
-import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -58,14 +53,169 @@ from pyro.poutine.runtime import get_plates
 from torch import nn
 
 from pyro_vi.data import data_plate
-from pyro_vi.em import cavi, component_log_prob, em, init_params
-from pyro_vi.training import fit as svi_fit
+from pyro_vi.em import component_log_prob, init_params
 
-__all__ = ["GMM", "GMMError", "NotFittedError", "GUIDES", "METHODS"]
+__all__ = [
+    "MixtureModel", "map_guide", "meanfield_guide", "ScoreGuide", "AmortizedGuide", "loss_for",
+    "kmeans_init", "GMMError", "NotFittedError", "GUIDES", "GLOBALS",
+]  # fmt: skip
 
 GUIDES = ("map", "meanfield", "score", "amortized")
-METHODS = ("em", "cavi", "svi", *GUIDES)
 GLOBALS = ("weights", "locs", "scales", "corr_chol")
+Values = dict[str, torch.Tensor]
+
+
+class GMMError(ValueError):
+    """Data or options a GMM cannot take; the message names the problem and the fix."""
+
+
+class NotFittedError(GMMError, AttributeError):
+    """The GMM is used before :meth:`GMM.setup` or :meth:`GMM.fit`."""
+
+
+def check_options(n_components: int, covariance: str) -> None:
+    """One-line :class:`GMMError` for a K that is not a whole number >= 1 or an unknown
+    covariance kind."""
+    if not isinstance(n_components, int) or n_components < 1:
+        raise GMMError(f"n_components={n_components!r}: use a whole number >= 1")
+    if covariance not in ("full", "diag"):
+        raise GMMError(f"covariance={covariance!r} is not known: use 'full' or 'diag'")
+
+
+class MixtureModel(nn.Module):
+    """The generative model above; call it as ``model(x, idx=None, size=None)`` (``idx``/``size``
+    subsample the data plate). ``center``/``spread`` are the priors' c and s (length D)."""
+
+    def __init__(
+        self,
+        n_components: int,
+        center: torch.Tensor,
+        spread: torch.Tensor,
+        covariance: str = "full",
+        concentration: float = 1.0,
+        lkj_concentration: float = 1.0,
+    ):
+        super().__init__()
+        check_options(n_components, covariance)
+        self.n_components, self.covariance, self.dim = n_components, covariance, center.shape[0]
+        self.concentration, self.lkj_concentration = concentration, lkj_concentration
+        self.register_buffer("center", center)
+        self.register_buffer("spread", spread)
+
+    @classmethod
+    def from_data(cls, x: torch.Tensor, n_components: int, **options) -> MixtureModel:
+        """The model with c, s the mean and standard deviation of the rows of ``x``."""
+        spread = x.std(0).clamp_min(1e-6) if x.shape[0] > 1 else torch.ones_like(x[0])
+        return cls(n_components, x.mean(0), spread, **options)
+
+    @property
+    def full(self) -> bool:
+        """Whether components carry a correlation factor (full covariance and D > 1)."""
+        return self.covariance == "full" and self.dim > 1
+
+    @property
+    def globals(self) -> tuple[str, ...]:
+        """Names of the global sample sites."""
+        return GLOBALS if self.full else GLOBALS[:3]
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None, size: int | None = None):
+        prior = self.priors(x)
+        weights = pyro.sample("weights", prior["weights"])
+        with pyro.plate("components", self.n_components, device=x.device):
+            locs = pyro.sample("locs", prior["locs"])
+            scales = pyro.sample("scales", prior["scales"])
+            if self.full:
+                corr = pyro.sample("corr_chol", prior["corr_chol"])
+        with data_plate(x, idx, size):
+            z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
+            # the component axis sits left of the data axis, so that batch axes of the globals
+            # (vectorized particles) line up with those of z (particles, enumeration)
+            loc = Vindex(locs.unsqueeze(-3))[..., z, :]
+            scale = Vindex(scales.unsqueeze(-3))[..., z, :]
+            if self.full:
+                tril = scale.unsqueeze(-1) * Vindex(corr.unsqueeze(-4))[..., z, :, :]
+                pyro.sample("obs", dist.MultivariateNormal(loc, scale_tril=tril), obs=x)
+            else:
+                pyro.sample("obs", dist.Normal(loc, scale).to_event(1), obs=x)
+
+    def priors(self, like: torch.Tensor) -> dict[str, dist.Distribution]:
+        """The priors of the globals (one component's for locs, scales, corr_chol), on the device
+        and in the dtype of ``like``."""
+        center, spread = self.center.to(like), self.spread.to(like)
+        prior = {
+            "weights": dist.Dirichlet(like.new_full((self.n_components,), self.concentration)),
+            "locs": dist.Normal(center, 2.0 * spread).to_event(1),
+            "scales": dist.LogNormal((spread / 2).log(), 1.0).to_event(1),
+        }
+        if self.full:
+            prior["corr_chol"] = dist.LKJCholesky(self.dim, like.new_tensor(self.lkj_concentration))
+        return prior
+
+    def moments(self, values: Values) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        r"""``(pi, mu, Sigma)`` at global ``values``: :math:`\Sigma_k = \mathrm{diag}(\sigma_k)
+        L_k L_k^\top \mathrm{diag}(\sigma_k)` (K, D, D), or the variances :math:`\sigma_k^2`
+        (K, D) without a correlation factor."""
+        scales = values["scales"]
+        if self.full:
+            tril = scales.unsqueeze(-1) * values["corr_chol"]
+            return values["weights"], values["locs"], tril @ tril.transpose(-1, -2)
+        return values["weights"], values["locs"], scales**2
+
+    def log_joint(self, x: torch.Tensor, values: Values) -> torch.Tensor:
+        """``log pi_k + log N(x_i | mu_k, Sigma_k)`` (N, K) at global values ``values``."""
+        weights, locs, cov = self.moments(values)
+        kind = "full" if self.full else "diag"
+        return component_log_prob(x, locs.to(x), cov.to(x), kind) + weights.to(x).log()
+
+    def objective(self, x: torch.Tensor, values: Values) -> float:
+        """The MAP objective per datapoint at global ``values``: the mean log-likelihood of the
+        rows of ``x`` (z summed out) plus ``log p(globals) / N``; for :func:`map_guide` it is the
+        full-data enumerated ELBO divided by N."""
+        with torch.no_grad():
+            values = {key: v.to(x) for key, v in values.items()}
+            loglik = sum(
+                float(torch.logsumexp(self.log_joint(rows, values), -1).sum())
+                for rows in x.split(65536)
+            )
+            prior = sum(float(p.log_prob(values[key]).sum()) for key, p in self.priors(x).items())
+        return (loglik + prior) / x.shape[0]
+
+
+def kmeans_init(
+    model: MixtureModel, x: torch.Tensor, generator: torch.Generator | None = None
+) -> Values:
+    """Global values at the k-means++ partition of ``x`` (:func:`pyro_vi.em.init_params`, the
+    start of EM's restart with the same ``generator`` state), in the model's parameterization:
+    weights, locs, scales = sqrt(diag Sigma_k) and corr_chol = chol(Sigma_k / scales scales^T)."""
+    weights, locs, cov = init_params(x, model.n_components, model.covariance, 1e-6, generator)
+    eps = 1e-6
+    init = {"weights": weights.clamp_min(eps) / weights.clamp_min(eps).sum(), "locs": locs}
+    if model.full:
+        scales = cov.diagonal(dim1=-2, dim2=-1).sqrt()
+        corr = cov / (scales[:, :, None] * scales[:, None, :])
+        init["scales"], init["corr_chol"] = scales, torch.linalg.cholesky(corr)
+    else:
+        init["scales"] = cov.sqrt() if model.covariance == "diag" else cov[:, :, 0].sqrt()
+    init["scales"] = init["scales"].clamp_min(eps)
+    return {key: v.to(x.dtype) for key, v in init.items()}
+
+
+def _init_fn(init: Values | None):
+    return init_to_value(values=init) if init is not None else init_to_median
+
+
+def map_guide(model: MixtureModel, init: Values | None = None) -> AutoDelta:
+    r"""Point masses :math:`q(\theta) = \delta_{\hat\theta}` on the globals, starting at ``init``
+    (else the prior median). Exactly Pyro's ``AutoDelta`` of the model with ``z`` hidden, which
+    ``TraceEnum_ELBO`` then sums out of the model."""
+    return AutoDelta(poutine.block(model, hide=["z"]), init_loc_fn=_init_fn(init))
+
+
+def meanfield_guide(model: MixtureModel, init: Values | None = None) -> AutoNormal:
+    r"""A mean-field normal :math:`q(\theta) = \prod_j \mathcal N(u_j \mid m_j, s_j^2)` on the
+    unconstrained globals u, means starting at ``init`` and scales at 0.01: exactly Pyro's
+    ``AutoNormal`` of the model with ``z`` hidden (enumerated by ``TraceEnum_ELBO``)."""
+    return AutoNormal(poutine.block(model, hide=["z"]), init_loc_fn=_init_fn(init), init_scale=0.01)
 
 
 def _plate_shape(value: torch.Tensor) -> list[int]:
@@ -77,206 +227,49 @@ def _plate_shape(value: torch.Tensor) -> list[int]:
     return shape
 
 
-class GMMError(ValueError):
-    """Data or options a GMM cannot take; the message names the problem and the fix."""
+# Not an autoguide: AutoGuideList(AutoDelta, AutoCategorical) would have neither the rows that
+# own no q_i (held-out data) nor the per-datapoint baseline.
+class ScoreGuide(nn.Module):
+    r"""MAP globals (``globals_guide``, by default :func:`map_guide`) and a free categorical
+    :math:`q_i(z) = \mathrm{Categorical}(\mathrm{softmax}(\ell_i))` per datapoint (param
+    ``"gmm_z_logits"``, starting at ``init_logits`` (N, K), else uniform), trained by the
+    score-function estimator of ``TraceGraph_ELBO``.
 
-
-class NotFittedError(GMMError, AttributeError):
-    """The GMM is used before :meth:`GMM.fit`."""
-
-
-class GMM(nn.Module):
-    """Gaussian mixture with K components; see the module docstring for the model and guides.
-
-    Args:
-        n_components: K >= 1.
-        covariance: ``"full"`` (LKJ correlation times scales) or ``"diag"``.
-        center, spread: the priors' centre c and spread s (length D; otherwise the data mean
-            and std, set by :meth:`setup` or :meth:`fit`), stored in ``config`` for rebuilding.
-        concentration: Dirichlet concentration alpha of the weights (1: flat).
-        lkj_concentration: eta of the LKJ prior on correlations (1: uniform).
-        guide_kind: the guide :meth:`guide` runs, one of :data:`GUIDES`.
-        baseline_beta: decay of the per-datapoint baseline of the ``"score"`` guide; None for
-            plain REINFORCE without baseline.
-        hidden: hidden width of the ``"amortized"`` guide's classifier.
+    With ``baseline_beta`` the learning signal :math:`f_i(z) = \log p(x_i, z) - \log q_i(z)`
+    gets a per-datapoint decaying average from earlier visits only, :math:`b_i \leftarrow \beta
+    b_i + (1 - \beta) f_i` (unbiased); None is plain REINFORCE. Rows that own no :math:`q_i`
+    (held-out data such as :func:`pyro_vi.fit`'s validation split) get the optimum of the local
+    family, the posterior :math:`p(z_i \mid x_i, \hat\theta)` under the current globals.
     """
 
     def __init__(
         self,
-        n_components: int = 1,
-        covariance: str = "full",
-        *,
-        center: list[float] | None = None,
-        spread: list[float] | None = None,
-        concentration: float = 1.0,
-        lkj_concentration: float = 1.0,
-        guide_kind: str = "map",
+        model: MixtureModel,
+        globals_guide: AutoDelta | None = None,
+        init_logits: torch.Tensor | None = None,
         baseline_beta: float | None = 0.5,
-        hidden: int = 32,
     ):
         super().__init__()
-        if not isinstance(n_components, int) or n_components < 1:
-            raise GMMError(f"n_components={n_components!r}: use a whole number >= 1")
-        if covariance not in ("full", "diag"):
-            raise GMMError(f"covariance={covariance!r} is not known: use 'full' or 'diag'")
-        if guide_kind not in GUIDES:
-            raise GMMError(f"guide_kind={guide_kind!r} is not known: use one of {GUIDES}")
         if baseline_beta is not None and not 0.0 <= baseline_beta < 1.0:
             raise GMMError(f"baseline_beta={baseline_beta}: use a value in [0, 1) or None")
-        self.config = dict(
-            n_components=n_components, covariance=covariance, center=center, spread=spread,
-            concentration=concentration, lkj_concentration=lkj_concentration,
-            guide_kind=guide_kind, baseline_beta=baseline_beta, hidden=hidden,
-        )  # fmt: skip
-        self.n_components, self.covariance, self.dim = n_components, covariance, None
-        self.concentration, self.lkj_concentration = concentration, lkj_concentration
-        self.guide_kind, self.baseline_beta, self.hidden = guide_kind, baseline_beta, hidden
-        self.register_buffer("center", None)
-        self.register_buffer("spread", None)
+        self._model = (model,)  # not a submodule: the model is not the guide's to save or move
+        self.globals_guide = globals_guide if globals_guide is not None else map_guide(model)
+        self.baseline_beta = baseline_beta
+        self.register_buffer("init_logits", init_logits)
         self.register_buffer("baseline", None)
-        self.register_buffer("init_logits", None)
-        self.map_guide: AutoDelta | None = None
-        self.meanfield_guide: AutoNormal | None = None
-        self.classifier: nn.Module | None = None
-        if center is not None:
-            c = torch.as_tensor(center, dtype=torch.get_default_dtype())
-            s = torch.as_tensor(spread, dtype=c.dtype) if spread is not None else torch.ones_like(c)
-            self._build(c, s, None)
 
-    # ----------------------------------------------------------------- construction
-    @classmethod
-    def from_data(
-        cls, data, n_components: int | None = None, covariance: str = "full", seed: int = 0, **opt
-    ) -> GMM:
-        """A GMM set up for ``data`` (a Dataset, Split or (N, D) tensor); K defaults to the
-        data set's known number of components or classes, else 3."""
-        train = getattr(data, "train", data)
-        x = getattr(train, "x", train)
-        info = getattr(data, "info", {}) or {}
-        k = n_components or info.get("k") or getattr(data, "num_classes", 0) or 3
-        names = ("concentration", "lkj_concentration", "guide_kind", "baseline_beta", "hidden")
-        gmm = cls(int(k), covariance, **{key: opt[key] for key in names if key in opt})
-        return gmm.setup(x, seed=seed)
+    def point(self) -> Values:
+        """The globals' point estimate without any particle or plate axes."""
+        return {name: getattr(self.globals_guide, name) for name in self._model[0].globals}
 
-    def setup(
-        self, x: torch.Tensor, seed: int = 0, generator: torch.Generator | None = None
-    ) -> GMM:
-        """Fix D, the priors' centre and spread (data mean and std) and the guides' starting
-        point (k-means++ partition of ``x`` drawn with ``generator``, else with ``seed``: the
-        start of EM's first restart with that seed); called by :meth:`fit`."""
-        x = self._as_tensor(x, check_dim=False)
-        self._check_k(x)
-        self.dim = x.shape[1]
-        center = x.mean(0)
-        spread = x.std(0).clamp_min(1e-6) if x.shape[0] > 1 else torch.ones_like(x[0])
-        gen = generator if generator is not None else torch.Generator().manual_seed(seed)
-        weights, locs, cov = init_params(x, self.n_components, self.covariance, 1e-6, gen)
-        eps = 1e-6
-        init = {"weights": weights.clamp_min(eps) / weights.clamp_min(eps).sum(), "locs": locs}
-        if self._full:
-            scales = cov.diagonal(dim1=-2, dim2=-1).sqrt()
-            corr = cov / (scales[:, :, None] * scales[:, None, :])
-            init["scales"], init["corr_chol"] = scales, torch.linalg.cholesky(corr)
-        else:
-            init["scales"] = cov.sqrt() if self.covariance == "diag" else cov[:, :, 0].sqrt()
-        init["scales"] = init["scales"].clamp_min(eps)
-        self._build(center, spread, {key: v.to(x.dtype) for key, v in init.items()})
-        self.init_logits = torch.log_softmax(self.log_joint(x, init), -1)
-        return self
-
-    def _build(self, center: torch.Tensor, spread: torch.Tensor, init: dict | None) -> None:
-        """Set the prior's centre and spread and build the guides (starting at ``init``, or at
-        the prior's median when None, as when a saved run is rebuilt from ``config``)."""
-        self.dim = center.shape[0]
-        self.center, self.spread = center, spread
-        self.config["center"], self.config["spread"] = center.tolist(), spread.tolist()
-        init_fn = init_to_value(values=init) if init is not None else init_to_median
-        globals_only = poutine.block(self.model, hide=["z"])
-        self.map_guide = AutoDelta(globals_only, init_loc_fn=init_fn)
-        self.meanfield_guide = AutoNormal(globals_only, init_loc_fn=init_fn, init_scale=0.01)
-        self.classifier = nn.Sequential(
-            nn.Linear(self.dim, self.hidden), nn.Tanh(), nn.Linear(self.hidden, self.n_components)
-        ).to(device=center.device, dtype=center.dtype)
-        self.baseline = None
-
-    @property
-    def _full(self) -> bool:
-        return self.covariance == "full" and (self.dim or 0) > 1
-
-    # ----------------------------------------------------------------- Pyro model and guides
-    def model(self, x: torch.Tensor, idx: torch.Tensor | None = None, size: int | None = None):
-        """The generative model; ``idx``/``size`` subsample the data plate."""
-        if self.center is None:
-            raise NotFittedError("the GMM has no data scale yet: call gmm.setup(x) or fit first")
-        prior = self._priors(x)
-        weights = pyro.sample("weights", prior["weights"])
-        with pyro.plate("components", self.n_components, device=x.device):
-            locs = pyro.sample("locs", prior["locs"])
-            scales = pyro.sample("scales", prior["scales"])
-            if self._full:
-                corr = pyro.sample("corr_chol", prior["corr_chol"])
-        with data_plate(x, idx, size):
-            z = pyro.sample("z", dist.Categorical(weights), infer={"enumerate": "parallel"})
-            # the component axis sits left of the data axis, so that batch axes of the globals
-            # (vectorized particles) line up with those of z (particles, enumeration)
-            loc = Vindex(locs.unsqueeze(-3))[..., z, :]
-            scale = Vindex(scales.unsqueeze(-3))[..., z, :]
-            if self._full:
-                tril = scale.unsqueeze(-1) * Vindex(corr.unsqueeze(-4))[..., z, :, :]
-                pyro.sample("obs", dist.MultivariateNormal(loc, scale_tril=tril), obs=x)
-            else:
-                pyro.sample("obs", dist.Normal(loc, scale).to_event(1), obs=x)
-
-    def _priors(self, like: torch.Tensor) -> dict[str, dist.Distribution]:
-        """The priors of the globals (one component's for locs, scales, corr_chol), on the device
-        and in the dtype of ``like``."""
-        center, spread = self.center.to(like), self.spread.to(like)
-        prior = {
-            "weights": dist.Dirichlet(like.new_full((self.n_components,), self.concentration)),
-            "locs": dist.Normal(center, 2.0 * spread).to_event(1),
-            "scales": dist.LogNormal((spread / 2).log(), 1.0).to_event(1),
-        }
-        if self._full:
-            prior["corr_chol"] = dist.LKJCholesky(self.dim, like.new_tensor(self.lkj_concentration))
-        return prior
-
-    def objective(self, x: torch.Tensor, values: dict[str, torch.Tensor]) -> float:
-        """The MAP objective per datapoint at global ``values``: the mean log-likelihood of the
-        rows of ``x`` (z summed out) plus ``log p(globals) / N``. For the ``"map"`` guide it is
-        the full-data ELBO that enumeration maximizes, divided by N; :meth:`fit` keeps the SVI
-        restart with the highest value (EM keeps the highest mean log-likelihood)."""
-        with torch.no_grad():
-            values = {key: v.to(x) for key, v in values.items()}
-            loglik = sum(
-                float(torch.logsumexp(self.log_joint(rows, values), -1).sum())
-                for rows in x.split(65536)
-            )
-            prior = sum(float(p.log_prob(values[key]).sum()) for key, p in self._priors(x).items())
-        return (loglik + prior) / x.shape[0]
-
-    def guide(self, x: torch.Tensor, idx: torch.Tensor | None = None, size: int | None = None):
-        """The guide chosen by ``guide_kind``; train it with ``loss=gmm.loss``."""
-        if self.map_guide is None:
-            raise NotFittedError("the GMM's guides are not built: call gmm.setup(x) or fit first")
-        if self.guide_kind == "map":
-            return self.map_guide(x, idx=idx, size=size)
-        if self.guide_kind == "meanfield":
-            return self.meanfield_guide(x, idx=idx, size=size)
-        values = self.map_guide(x, idx=idx, size=size)
+    def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None, size: int | None = None):
+        values = self.globals_guide(x, idx=idx, size=size)
         n = size if size is not None else x.shape[0]
         with data_plate(x, idx, size):
-            if self.guide_kind == "amortized":
-                pyro.module("gmm_classifier", self.classifier)
-                logits = self.classifier((x - self.center.to(x)) / self.spread.to(x))
-                pyro.sample("z", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
-                return values
             store = pyro.get_param_store()
             if idx is None and "gmm_z_logits" in store:
-                if store.get_param("gmm_z_logits").shape[0] != n:
-                    # Rows without a local factor of their own (held-out data, such as fit's
-                    # validation split): q_i(z) is the optimum of the local family, the posterior
-                    # under the current globals, which fitting a fresh q_i would converge to.
-                    logits = self.log_joint(x, self._map_values())
+                if store.get_param("gmm_z_logits").shape[0] != n:  # rows without a q_i
+                    logits = self._model[0].log_joint(x, self.point())
                     pyro.sample("z", dist.Categorical(logits=logits))
                     return values
             rows = idx if idx is not None else torch.arange(n, device=x.device)
@@ -284,238 +277,72 @@ class GMM(nn.Module):
             q = dist.Categorical(logits=logits)
             if self.baseline_beta is None:
                 pyro.sample("z", q)
-                return values
-            # Per-datapoint decaying average of the learning signal f_i(z) = log p(x_i, z) -
-            # log q_i(z), taken from earlier visits only (independent of this draw: unbiased).
-            if self.baseline is None or self.baseline.shape[0] != n:
-                self.baseline = x.new_full((n,), float("nan"))
-            old = self.baseline[rows]
-            scale = n / rows.shape[0]  # the plate's scale enters Pyro's downstream cost
-            value = torch.nan_to_num(old, nan=0.0) * scale
-            value = value.expand(_plate_shape(value))  # vectorized particles: one per particle
-            z = pyro.sample("z", q, infer={"baseline": {"baseline_value": value}})
-            with torch.no_grad():
-                # unbatched globals: under a particle plate ``values`` and z carry particle axes
-                joint = self.log_joint(x, self._map_values())
-                f = joint.expand(*z.shape, -1).gather(-1, z.unsqueeze(-1)).squeeze(-1)
-                f = (f - q.log_prob(z)).reshape(-1, rows.shape[0]).mean(0)  # mean over particles
-                beta = self.baseline_beta
-                self.baseline[rows] = torch.where(old.isnan(), f, beta * old + (1 - beta) * f)
+            else:
+                self._sample_with_baseline(x, q, rows, n)
         return values
 
-    def _map_values(self) -> dict[str, torch.Tensor]:
-        """The MAP guide's global values without any particle or plate axes."""
-        names = GLOBALS if self._full else GLOBALS[:3]
-        return {name: getattr(self.map_guide, name) for name in names}
+    def _sample_with_baseline(self, x, q: dist.Categorical, rows: torch.Tensor, n: int) -> None:
+        if self.baseline is None or self.baseline.shape[0] != n:
+            self.baseline = x.new_full((n,), float("nan"))
+        old = self.baseline[rows]
+        scale = n / rows.shape[0]  # the plate's scale enters Pyro's downstream cost
+        value = torch.nan_to_num(old, nan=0.0) * scale
+        value = value.expand(_plate_shape(value))  # vectorized particles: one per particle
+        z = pyro.sample("z", q, infer={"baseline": {"baseline_value": value}})
+        with torch.no_grad():
+            # unbatched globals: under a particle plate the globals and z carry particle axes
+            joint = self._model[0].log_joint(x, self.point())
+            f = joint.expand(*z.shape, -1).gather(-1, z.unsqueeze(-1)).squeeze(-1)
+            f = (f - q.log_prob(z)).reshape(-1, rows.shape[0]).mean(0)  # mean over particles
+            beta = self.baseline_beta
+            self.baseline[rows] = torch.where(old.isnan(), f, beta * old + (1 - beta) * f)
 
     def _initial_logits(self, x: torch.Tensor, n: int) -> torch.Tensor:
-        """q_i(z) starts at the posterior under the starting globals (EM's first E-step) when
-        the guide is built for these ``n`` points, else uniform."""
         if self.init_logits is not None and self.init_logits.shape[0] == n:
             return self.init_logits.to(x).clone()
-        return x.new_zeros(n, self.n_components)
+        return x.new_zeros(n, self._model[0].n_components)
 
-    @property
-    def loss(self) -> pyro.infer.ELBO:
-        """The Pyro ELBO the current guide needs (enumeration, or TraceGraph for ``"score"``)."""
-        if self.guide_kind == "score":
-            return TraceGraph_ELBO()
-        return TraceEnum_ELBO(max_plate_nesting=1)
 
-    def log_joint(self, x: torch.Tensor, values: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``log pi_k + log N(x_i | mu_k, Sigma_k)`` (N, K) at global values ``values``."""
-        weights, locs, cov = self._moments(values)
-        return component_log_prob(x, locs.to(x), cov.to(x), self._cov_kind) + weights.to(x).log()
+# Not an autoguide: AutoDelta plus a network over z is no single Pyro autoguide.
+class AmortizedGuide(nn.Module):
+    r"""MAP globals (``globals_guide``, by default :func:`map_guide`) and :math:`q_\phi(z \mid x)
+    = \mathrm{Categorical}(\mathrm{softmax}(g_\phi((x - c) / s)))`, ``g`` a Linear-Tanh-Linear
+    classifier of width ``hidden`` (module ``"gmm_classifier"``), summed over its K values by
+    guide-side enumeration."""
 
-    @property
-    def _cov_kind(self) -> str:
-        return "full" if self._full else "diag"
+    def __init__(
+        self, model: MixtureModel, globals_guide: AutoDelta | None = None, hidden: int = 32
+    ):
+        super().__init__()
+        self._model = (model,)  # not a submodule: the model is not the guide's to save or move
+        self.globals_guide = globals_guide if globals_guide is not None else map_guide(model)
+        center, k = model.center, model.n_components
+        self.classifier = nn.Sequential(
+            nn.Linear(model.dim, hidden), nn.Tanh(), nn.Linear(hidden, k)
+        ).to(device=center.device, dtype=center.dtype)
 
-    def _moments(self, values: dict[str, torch.Tensor]):
-        scales = values["scales"]
-        if self._full:
-            tril = scales.unsqueeze(-1) * values["corr_chol"]
-            return values["weights"], values["locs"], tril @ tril.transpose(-1, -2)
-        return values["weights"], values["locs"], scales**2
+    def forward(self, x: torch.Tensor, idx: torch.Tensor | None = None, size: int | None = None):
+        values = self.globals_guide(x, idx=idx, size=size)
+        model = self._model[0]
+        with data_plate(x, idx, size):
+            pyro.module("gmm_classifier", self.classifier)
+            logits = self.classifier((x - model.center.to(x)) / model.spread.to(x))
+            pyro.sample("z", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
+        return values
 
-    # ----------------------------------------------------------------- estimator interface
-    def fit(
-        self,
-        x,
-        method: str = "em",
-        *,
-        seed: int = 0,
-        n_init: int = 1,
-        tol: float = 1e-3,
-        max_iter: int = 100,
-        reg_covar: float = 1e-6,
-        epochs: int = 100,
-        batch_size: int = 256,
-        lr: float = 0.05,
-        progress: bool = False,
-        **fit_options,
-    ) -> GMM:
-        """Fit to ``x`` (N, D) by ``method`` (one of :data:`METHODS`) and return self.
 
-        ``"em"`` and ``"cavi"`` use ``n_init`` k-means++ restarts, ``tol`` on the mean
-        log-likelihood (ELBO per datapoint for CAVI), ``max_iter`` and ``reg_covar``. ``"svi"``
-        (the guide ``"map"``), ``"meanfield"``, ``"score"`` and ``"amortized"`` run
-        :func:`pyro_vi.fit` with ``epochs``, ``batch_size``, ``lr`` and ``fit_options`` in a
-        private Pyro param-store scope (kept in ``param_state_``); the batch size is evened out
-        (no small remainder batch) and ``lr_decay`` defaults to a 100-fold decay over the run.
-        SVI restarts like EM: ``n_init`` runs, each from the k-means++ start EM's restart of the
-        same ``seed`` uses, and the run with the highest :meth:`objective` at its point estimate
-        is kept (``objective_``; ``restart_objectives_`` lists all; with ``checkpoint_dir`` and
-        ``n_init > 1`` restart i checkpoints to ``checkpoint_dir/restart-i``). ``history_`` holds
-        the per-epoch ELBO per datapoint. ``seed`` fixes every random choice.
-        """
-        if method not in METHODS:
-            raise GMMError(f"method={method!r} is not known: use one of {METHODS}")
-        x = self._as_tensor(x, check_dim=False)
-        self._check_k(x)
-        gen = torch.Generator().manual_seed(seed)
-        k = self.n_components
-        if method in ("em", "cavi"):
-            opts = dict(n_init=n_init, max_iter=max_iter, tol=tol, reg_covar=reg_covar)
-            if method == "cavi":
-                if self.covariance != "full":
-                    raise GMMError("CAVI is derived for full covariances: use covariance='full'")
-                res = cavi(x, k, generator=gen, **opts)
-            else:
-                res = em(x, k, self.covariance, generator=gen, **opts)
-            self.weights_, self.means_, self.covariances_ = res.weights, res.locs, res.covariances
-            self.history_, self.n_iter_, self.converged_ = res.history, res.n_iter, res.converged
-            self.lower_bound_, self.result_ = res.mean_loglik, res
-        else:
-            if not isinstance(n_init, int) or n_init < 1:
-                raise GMMError(f"n_init={n_init!r}: use a whole number >= 1")
-            self.guide_kind = self.config["guide_kind"] = "map" if method == "svi" else method
-            # Equal batches (no small remainder batch with a large N/B scale and noisy step) and,
-            # unless asked otherwise, a learning rate decaying 100-fold over the run.
-            batch_size = math.ceil(x.shape[0] / math.ceil(x.shape[0] / batch_size))
-            fit_options.setdefault("lr_decay", 0.01 ** (1.0 / epochs))
-            store = pyro.get_param_store()
-            runs = []
-            ckpt = fit_options.pop("checkpoint_dir", None)
-            for i in range(n_init):
-                self.setup(x, generator=gen)  # the start of EM's restart with this seed
-                if ckpt is not None:  # one checkpoint per restart, so each resumes its own
-                    fit_options["checkpoint_dir"] = (
-                        Path(ckpt) / f"restart-{i}" if n_init > 1 else ckpt
-                    )
-                with store.scope() as state:
-                    result = svi_fit(
-                        self.model, self.guide, x, epochs=epochs, batch_size=batch_size, lr=lr,
-                        loss=self.loss, seed=seed, progress=progress, device=x.device,
-                        **fit_options,
-                    )  # fmt: skip
-                    point = self.meanfield_guide if method == "meanfield" else self.map_guide
-                    values = {key: v.detach() for key, v in point.median().items()}
-                parts = {key: getattr(self, key) for key in self._RESTART_STATE}
-                runs.append((self.objective(x, values), state, values, result, parts))
-            self.restart_objectives_ = [run[0] for run in runs]
-            self.objective_, state, values, result, parts = max(runs, key=lambda run: run[0])
-            for key, value in parts.items():
-                setattr(self, key, value)
-            self.param_state_ = state
-            self.weights_, self.means_, self.covariances_ = self._moments(values)
-            if self.covariance == "full" and not self._full:  # D = 1: variances as (K, 1, 1)
-                self.covariances_ = self.covariances_[:, :, None]
-            self.history_ = [h["train_elbo"] for h in result.history]
-            self.n_iter_, self.converged_ = result.steps, True
-            self.lower_bound_, self.result_ = self.history_[-1], result
-        self._canonical_order()
-        return self
+def loss_for(kind: str) -> pyro.infer.ELBO:
+    """The ELBO guide ``kind`` needs: ``TraceGraph_ELBO`` for ``"score"`` (score-function
+    gradients of the discrete z), else ``TraceEnum_ELBO`` with z enumerated."""
+    if kind not in GUIDES:
+        raise GMMError(f"guide kind {kind!r} is not known: use one of {GUIDES}")
+    return TraceGraph_ELBO() if kind == "score" else TraceEnum_ELBO(max_plate_nesting=1)
 
-    # what a restart of the SVI fit builds afresh (setup), kept with the restart that wins
-    _RESTART_STATE = ("map_guide", "meanfield_guide", "classifier", "baseline", "init_logits")
 
-    def _canonical_order(self) -> None:
-        order = torch.argsort(self.means_[:, 0])
-        self.weights_ = self.weights_[order]
-        self.means_ = self.means_[order]
-        self.covariances_ = self.covariances_[order]
+def __getattr__(name: str):
+    """``from pyro_vi.models.gmm import GMM`` (the estimator's former home) keeps working."""
+    if name in ("GMM", "METHODS"):
+        from . import gmm_estimator
 
-    def _fitted(self) -> None:
-        if not hasattr(self, "means_"):
-            raise NotFittedError("this GMM is not fitted yet: call gmm.fit(x) first")
-
-    def _component_log_joint(self, x) -> torch.Tensor:
-        self._fitted()
-        x = self._as_tensor(x).to(self.means_.dtype)
-        kind = "diag" if self.covariance == "diag" else "full"
-        cov = self.covariances_.to(x.device)
-        log_weights = self.weights_.to(x.device).clamp_min(torch.finfo(x.dtype).tiny).log()
-        return component_log_prob(x, self.means_.to(x.device), cov, kind) + log_weights
-
-    def score_samples(self, x) -> torch.Tensor:
-        """Per-point log-likelihood ``log sum_k pi_k N(x_i | mu_k, Sigma_k)``, shape (N,)."""
-        return torch.logsumexp(self._component_log_joint(x), -1)
-
-    def score(self, x) -> float:
-        """Mean log-likelihood of the rows of ``x``."""
-        return float(self.score_samples(x).mean())
-
-    def predict_proba(self, x) -> torch.Tensor:
-        """Responsibilities ``p(z_i = k | x_i)``, shape (N, K)."""
-        return torch.softmax(self._component_log_joint(x), -1)
-
-    def predict(self, x) -> torch.Tensor:
-        """The most probable component of every row, shape (N,)."""
-        return self._component_log_joint(x).argmax(-1)
-
-    def sample(self, n: int = 1, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` draws ``(x, labels)`` from the fitted mixture."""
-        self._fitted()
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        dev = self.means_.device
-        labels = torch.multinomial(self.weights_.cpu(), n, replacement=True, generator=gen)
-        eps = torch.randn(n, self.means_.shape[1], generator=gen, dtype=self.means_.dtype)
-        labels, eps = labels.to(dev), eps.to(dev)
-        if self.covariance == "diag":
-            return self.means_[labels] + self.covariances_[labels].sqrt() * eps, labels
-        tril = torch.linalg.cholesky(self.covariances_)
-        return self.means_[labels] + (tril[labels] @ eps.unsqueeze(-1)).squeeze(-1), labels
-
-    def n_parameters(self) -> int:
-        """Free parameters: K - 1 weights, K D means, K D or K D (D + 1) / 2 covariance terms."""
-        self._fitted()
-        k, d = self.means_.shape
-        cov = k * d if self.covariance == "diag" else k * d * (d + 1) // 2
-        return k - 1 + k * d + cov
-
-    def bic(self, x) -> float:
-        """Bayesian information criterion ``-2 log L + p log N`` (lower is better)."""
-        n = self._as_tensor(x).shape[0]
-        return -2.0 * self.score(x) * n + self.n_parameters() * math.log(n)
-
-    # ----------------------------------------------------------------- input checks
-    def check(self, x: torch.Tensor) -> None:
-        """One-line errors for data this GMM cannot take (shape, NaN/Inf, width)."""
-        self._as_tensor(x)
-
-    def _as_tensor(self, x, check_dim: bool = True) -> torch.Tensor:
-        if isinstance(x, np.ndarray) or not torch.is_tensor(x):
-            x = torch.as_tensor(np.asarray(x, dtype=np.float64))
-        if not x.is_floating_point():
-            x = x.double()
-        if x.ndim != 2:
-            raise GMMError(f"data of shape {tuple(x.shape)}: pass a 2-D array (N points, D dims)")
-        if x.shape[0] == 0:
-            raise GMMError("no data points: pass at least one row")
-        if not bool(torch.isfinite(x).all()):
-            raise GMMError("data contain NaN or Inf: drop or impute those rows first")
-        fitted_dim = self.means_.shape[1] if hasattr(self, "means_") else None
-        if check_dim and fitted_dim is not None and x.shape[1] != fitted_dim:
-            raise GMMError(
-                f"data have {x.shape[1]} columns but the GMM was fitted on {fitted_dim}: "
-                "pass data with the same columns or refit"
-            )
-        return x
-
-    def _check_k(self, x: torch.Tensor) -> None:
-        if self.n_components > x.shape[0]:
-            raise GMMError(
-                f"n_components={self.n_components} exceeds the {x.shape[0]} data points: "
-                "use fewer components or more data"
-            )
+        return getattr(gmm_estimator, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -321,6 +321,44 @@ def _expected_logdet(nu: torch.Tensor, logdet_w: torch.Tensor, d: int) -> torch.
     return torch.digamma(0.5 * (nu[..., None] + 1 - i)).sum(-1) + d * math.log(2.0) + logdet_w
 
 
+def _cavi_step(x: torch.Tensor, resp: torch.Tensor, prior: tuple, reg_covar: float):
+    """One sweep of CAVI (the updates in :func:`cavi`'s docstring): q(pi), q(mu, Lambda) given
+    q(z) = ``resp``, then q(z) given those; ``prior`` is ``(alpha0 1_K, beta0, nu0, m0, W0^-1)``.
+    Returns ``(alpha, beta, nu, m, W^-1)``, the new responsibilities and the exact ELBO (a sum
+    over the datapoints)."""
+    a0, beta0, nu0, m0, W0_inv = prior
+    k, d = resp.shape[1], x.shape[1]
+    # q(pi), q(mu, Lambda) given q(z)
+    nk, xbar, sk = _moments(x, resp, "full", reg_covar)
+    alpha, beta, nu = a0 + nk, beta0 + nk, nu0 + nk
+    m = (beta0 * m0 + nk[:, None] * xbar) / beta[:, None]
+    dm = xbar - m0
+    w_inv = W0_inv + nk[:, None, None] * sk
+    w_inv = w_inv + (beta0 * nk / (beta0 + nk))[:, None, None] * dm[:, :, None] * dm[:, None]
+    # q(z) given q(pi), q(mu, Lambda): log rho through the Gaussian with covariance W^-1/nu
+    chol = _safe_cholesky(w_inv, reg_covar)
+    logdet_w = -2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    e_log_pi = torch.digamma(alpha) - torch.digamma(alpha.sum())
+    e_logdet = _expected_logdet(nu, logdet_w, d)
+    log_gauss = component_log_prob(x, m, w_inv / nu[:, None, None], "full")
+    # component_log_prob used log|W^-1/nu|; swap in E[log|Lambda|] and add D/(2 beta)
+    log_rho = (
+        log_gauss - 0.5 * (d * torch.log(nu) + logdet_w) + 0.5 * e_logdet - 0.5 * d / beta
+        + e_log_pi
+    )  # fmt: skip
+    log_norm = torch.logsumexp(log_rho, -1, keepdim=True)
+    resp = (log_rho - log_norm).exp()
+    kl_pi = torch.distributions.kl_divergence(
+        torch.distributions.Dirichlet(alpha), torch.distributions.Dirichlet(a0)
+    )
+    w_q = torch.cholesky_inverse(chol)
+    quad = torch.einsum("kd,kde,ke->k", m - m0, w_q, m - m0)
+    kl_mu = 0.5 * (d * beta0 / beta + beta0 * nu * quad - d - d * torch.log(beta0 / beta))
+    kl_lam = wishart_kl(w_inv, nu, W0_inv.expand(k, d, d), x.new_tensor(nu0).expand(k))
+    elbo = log_norm.sum() - kl_pi - (kl_mu + kl_lam).sum()
+    return (alpha, beta, nu, m, w_inv), resp, elbo
+
+
 def cavi(
     x: torch.Tensor,
     k: int,
@@ -363,51 +401,19 @@ def cavi(
     if W0_inv is None:
         W0_inv = torch.atleast_2d(torch.cov(x.T)) + reg_covar * torch.eye(d, device=x.device)
     W0_inv = W0_inv.to(x)
-    a0 = x.new_full((k,), alpha0)
-    prior_nu = x.new_tensor(nu0)
+    prior = (x.new_full((k,), alpha0), beta0, nu0, m0, W0_inv)
     best: CAVIFit | None = None
     for _ in range(n_init):
         resp = _hard_resp(x, kmeans_plusplus(x, k, generator))
         history: list[float] = []
         converged = False
         for _ in range(max_iter):
-            # q(pi), q(mu, Lambda) given q(z)
-            nk, xbar, sk = _moments(x, resp, "full", reg_covar)
-            alpha, beta, nu = a0 + nk, beta0 + nk, nu0 + nk
-            m = (beta0 * m0 + nk[:, None] * xbar) / beta[:, None]
-            dm = xbar - m0
-            w_inv = W0_inv + nk[:, None, None] * sk
-            w_inv = (
-                w_inv + (beta0 * nk / (beta0 + nk))[:, None, None] * dm[:, :, None] * dm[:, None]
-            )
-            # q(z) given q(pi), q(mu, Lambda): log rho through the Gaussian with covariance W^-1/nu
-            chol = _safe_cholesky(w_inv, reg_covar)
-            logdet_w = -2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-            e_log_pi = torch.digamma(alpha) - torch.digamma(alpha.sum())
-            e_logdet = _expected_logdet(nu, logdet_w, d)
-            log_gauss = component_log_prob(x, m, w_inv / nu[:, None, None], "full")
-            # component_log_prob used log|W^-1/nu|; swap in E[log|Lambda|] and add D/(2 beta)
-            log_rho = (
-                log_gauss
-                - 0.5 * (d * torch.log(nu) + logdet_w)
-                + 0.5 * e_logdet
-                - 0.5 * d / beta
-                + e_log_pi
-            )
-            log_norm = torch.logsumexp(log_rho, -1, keepdim=True)
-            resp = (log_rho - log_norm).exp()
-            kl_pi = torch.distributions.kl_divergence(
-                torch.distributions.Dirichlet(alpha), torch.distributions.Dirichlet(a0)
-            )
-            w_q = torch.cholesky_inverse(chol)
-            quad = torch.einsum("kd,kde,ke->k", m - m0, w_q, m - m0)
-            kl_mu = 0.5 * (d * beta0 / beta + beta0 * nu * quad - d - d * torch.log(beta0 / beta))
-            kl_lam = wishart_kl(w_inv, nu, W0_inv.expand(k, d, d), prior_nu.expand(k))
-            elbo = log_norm.sum() - kl_pi - (kl_mu + kl_lam).sum()
+            q, resp, elbo = _cavi_step(x, resp, prior, reg_covar)
             history.append(float(elbo) / n)
             if len(history) > 1 and abs(history[-1] - history[-2]) < tol:
                 converged = True
                 break
+        alpha, beta, nu, m, w_inv = q
         fit = CAVIFit(
             weights=alpha / alpha.sum(),
             locs=m,

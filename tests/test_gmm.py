@@ -1,5 +1,6 @@
 """The Gaussian mixture: EM, CAVI and SVI against scikit-learn; exact and score-function gradients
-against analytic ones; the score-function guide's convergence; bad inputs."""
+against analytic ones; the score-function guide's convergence; each guide a plain Pyro callable
+that fits as the estimator does; bad inputs."""
 
 from __future__ import annotations
 
@@ -9,13 +10,26 @@ import numpy as np
 import pyro
 import pytest
 import torch
-from pyro.infer import TraceEnum_ELBO, TraceGraph_ELBO
+from pyro.infer import SVI, TraceEnum_ELBO, TraceGraph_ELBO
+from pyro.infer.autoguide import AutoDelta, AutoNormal
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 
 from pyro_vi import fit
 from pyro_vi.em import cavi, em, init_params, wishart_kl
-from pyro_vi.models.gmm import GMM, GMMError, NotFittedError
+from pyro_vi.models import GMM
+from pyro_vi.models.gmm import (
+    GUIDES,
+    AmortizedGuide,
+    GMMError,
+    MixtureModel,
+    NotFittedError,
+    ScoreGuide,
+    kmeans_init,
+    loss_for,
+    map_guide,
+    meanfield_guide,
+)
 
 LOCS = torch.tensor([[-4.0, 0.0], [4.0, 0.0], [0.0, 5.0]])
 
@@ -280,7 +294,7 @@ def test_lkj_prior_lives_with_the_data():
     gmm = GMM(n_components=2, covariance="full")
     x = torch.randn(50, 3, dtype=torch.float64)
     gmm.setup(x, generator=torch.Generator().manual_seed(0))
-    prior = gmm._priors(x)["corr_chol"]
+    prior = gmm.mixture.priors(x)["corr_chol"]
     assert prior.concentration.dtype == torch.float64 and prior.concentration.device == x.device
     assert prior.log_prob(torch.eye(3, dtype=torch.float64)).dtype == torch.float64
 
@@ -293,3 +307,59 @@ def test_svi_restarts_checkpoint_apart_and_resume_their_own(tmp_path):
     again = GMM(6).fit(x.float(), checkpoint_dir=tmp_path, resume=True, **opts)  # nothing to run
     assert again.restart_objectives_ == pytest.approx(first.restart_objectives_, rel=1e-6)
     assert first.restart_objectives_[0] != pytest.approx(first.restart_objectives_[1], rel=1e-6)
+
+
+def plain_guide(kind, model, x, start, baseline_beta):
+    """The guide ``kind`` built by hand from the pair's public callables."""
+    if kind == "map":
+        return map_guide(model, start)
+    if kind == "meanfield":
+        return meanfield_guide(model, start)
+    if kind == "amortized":
+        return AmortizedGuide(model, map_guide(model, start))
+    logits = torch.log_softmax(model.log_joint(x, start), -1)  # EM's first E-step
+    return ScoreGuide(model, map_guide(model, start), logits, baseline_beta)
+
+
+@pytest.mark.parametrize("kind", GUIDES)
+def test_each_guide_is_a_plain_pyro_callable_that_fits_as_the_estimator_does(kind):
+    """Model and guide straight from models/gmm.py in a stock pyro.infer.SVI loop (Pyro's Adam,
+    the batch order and seed of pyro_vi.fit) give the estimator's fit of the same start."""
+    x, _, _, _ = separated(120, dtype=torch.float32)
+    n, epochs, lr, seed = len(x), 15, 0.05, 0
+    # REINFORCE without a baseline: fit's probe trace (before its seed) sets the baselines from a
+    # draw of the ambient RNG, which the estimator's setup (its classifier) has advanced further
+    beta = None
+    torch.manual_seed(1)  # the amortized guide's classifier draws its start from torch's RNG
+    est = GMM(3, baseline_beta=beta).fit(
+        x, method=kind, seed=seed, epochs=epochs, batch_size=n, lr=lr, lr_decay=1.0
+    )
+
+    pyro.clear_param_store()
+    torch.manual_seed(1)
+    model = MixtureModel.from_data(x, 3)
+    start = kmeans_init(model, x, torch.Generator().manual_seed(seed))
+    guide = plain_guide(kind, model, x, start, beta)
+    assert isinstance(guide, {"map": AutoDelta, "meanfield": AutoNormal}.get(kind, torch.nn.Module))
+    guide(x)  # its parameters, made before the seed as fit's probe trace makes them
+    pyro.set_rng_seed(seed)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), loss_for(kind))
+    order = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        idx = torch.randperm(n, generator=order)
+        svi.step(x[idx], idx=idx, size=n)
+
+    point = guide if kind in ("map", "meanfield") else guide.globals_guide
+    values = {key: v.detach() for key, v in point.median().items()}
+    weights, locs, cov = model.moments(values)
+    order = torch.argsort(locs[:, 0])  # the estimator's canonical order
+    torch.testing.assert_close(est.weights_, weights[order], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(est.means_, locs[order], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(est.covariances_, cov[order], rtol=1e-5, atol=1e-6)
+    assert est.objective_ == pytest.approx(model.objective(x, values), rel=1e-6)
+
+
+def test_the_estimator_keeps_its_former_import_path():
+    import pyro_vi.models.gmm as pair
+
+    assert pair.GMM is GMM and "svi" in pair.METHODS
