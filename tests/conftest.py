@@ -13,6 +13,15 @@ def _clean_pyro():
     pyro.clear_param_store()
 
 
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's digits, dynamically binarized (seed 0), split 80/10/10: the data most tests
+    fit (read-only: tests that change data copy it)."""
+    from pyro_vi.data import load
+
+    return load("digits", binarize="dynamic")
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread: SparseAdam's scatter-adds and tiny models crawl when OpenMP threads

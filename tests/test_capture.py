@@ -7,25 +7,20 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from test_gradients import M0, R0, S, X, _pair  # z ~ N(0, 1), x ~ N(z, S^2), q = N(m, r^2)
+from helpers import M0, R0, S, X, conjugate_pair  # z ~ N(0, 1), x ~ N(z, S^2), q = N(m, r^2)
 
 from pyro_vi import fit
 from pyro_vi.capture import CapturedStep
-from pyro_vi.data import Split, load
+from pyro_vi.data import Split
 from pyro_vi.models import VAE
 from pyro_vi.svi import ScaleLatents
 from pyro_vi.training import make_loss
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load("digits", binarize="dynamic")
-
-
 @pytest.mark.parametrize("beta", [1.0, 0.3])
 def test_replayed_gradient_is_the_exact_one_particle_gradient(beta):
     record = []
-    model, guide = _pair(record)
+    model, guide = conjugate_pair(record)
     elbo = make_loss("elbo", max_plate_nesting=0)
     store = pyro.get_param_store()
     elbo.differentiable_loss(model, guide)  # creates m and r

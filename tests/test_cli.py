@@ -11,7 +11,7 @@ import sys
 import pyro
 import pytest
 import torch
-from mc_error import mc_se
+from helpers import mc_se
 
 from pyro_vi.cli import main
 from pyro_vi.protocol import REGISTRY, RUN_DEFAULTS, Model, ModelError, PositiveFloat, register

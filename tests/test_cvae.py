@@ -9,7 +9,7 @@ import numpy as np
 import pyro
 import pytest
 import torch
-from mc_error import mc_se  # tests/ is on sys.path (pytest's default import mode)
+from helpers import mc_se
 from pyro import poutine
 from pyro.distributions import Bernoulli
 
@@ -30,11 +30,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load("digits", binarize="dynamic", seed=0)
 
 
 @pytest.fixture(scope="module")

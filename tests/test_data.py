@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from machine_data import needs
+from helpers import needs
 
 from pyro_vi.data import DataError, load
 

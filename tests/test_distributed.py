@@ -230,7 +230,7 @@ def test_only_rank_0_writes(two_ranks):
     # one data-parallel epoch moved the model: its test ELBO beats that of the same model at its
     # initialisation (rebuilt as train_run builds it, seed 0; rank 0's init is the one broadcast)
     # by more than 4 Monte-Carlo s.e. of the difference (10-particle means; it gains ~0.7 nats)
-    from mc_error import mc_se  # imported here: rank 1's worker does not need it
+    from helpers import mc_se
 
     config = json.loads((two_ranks / "run" / "config.json").read_text())
     se_trained = mc_se(two_ranks / "run")["test_elbo"]

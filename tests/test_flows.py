@@ -8,6 +8,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from helpers import randomize
 
 import pyro_vi
 from pyro_vi.flows import (
@@ -31,21 +32,6 @@ BUILDERS = {
         d, num_layers=3, hidden_dims=(16,), permutation="random", batchnorm=True
     ),
 }
-
-
-def randomize(module: torch.nn.Module, seed: int = 0, std: float = 0.3) -> torch.nn.Module:
-    """Move every parameter off its initial value (zero-initialized couplings are the identity,
-    which would make most checks vacuous); BatchNorm statistics become non-trivial too."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(std * torch.randn(p.shape, generator=g, dtype=p.dtype))
-        for name, b in module.named_buffers():
-            if name.endswith("moving_mean"):
-                b.copy_(0.5 * torch.randn(b.shape, generator=g, dtype=b.dtype))
-            elif name.endswith("moving_variance"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=g, dtype=b.dtype))
-    return module
 
 
 def built(kind: str, dim: int, seed: int = 0) -> Flow:

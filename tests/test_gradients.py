@@ -7,29 +7,11 @@ and its expectation is d/dm = (x - m)/s^2 - m,  d/dr = -r/s^2 - r + 1/r.
 """
 
 import pyro
-import pyro.distributions as dist
 import pytest
-import torch
-from torch.distributions import constraints
+from helpers import M0, R0, S, X, conjugate_pair
 
 from pyro_vi.svi import ScaleLatents
 from pyro_vi.training import make_loss
-
-X, S, M0, R0 = 1.5, 0.8, 0.3, 0.6
-
-
-def _pair(record):
-    def model():
-        z = pyro.sample("z", dist.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0))
-        pyro.sample("x", dist.Normal(z, S), obs=torch.tensor(X, dtype=torch.float64))
-
-    def guide():
-        m = pyro.param("m", torch.tensor(M0, dtype=torch.float64))
-        r = pyro.param("r", torch.tensor(R0, dtype=torch.float64), constraint=constraints.positive)
-        z = pyro.sample("z", dist.Normal(m, r))
-        record.append(z.detach())
-
-    return model, guide
 
 
 def _grads(loss):
@@ -43,7 +25,7 @@ def _grads(loss):
 @pytest.mark.parametrize("beta", [1.0, 0.3])
 def test_one_particle_gradient_is_exact(beta):
     record = []
-    model, guide = _pair(record)
+    model, guide = conjugate_pair(record)
     elbo = make_loss("elbo", num_particles=1, max_plate_nesting=0)
     with ScaleLatents(beta):
         gm, gr = _grads(elbo.differentiable_loss(model, guide))
@@ -60,7 +42,7 @@ def test_one_particle_gradient_is_exact(beta):
 def test_many_particle_gradient_within_monte_carlo_error(loss):
     n = 20000
     record = []
-    model, guide = _pair(record)
+    model, guide = conjugate_pair(record)
     elbo = make_loss(loss, num_particles=n, vectorize_particles=True, max_plate_nesting=0)
     gm, gr = _grads(elbo.differentiable_loss(model, guide))
     z = record[-1]

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from machine_data import used_in
+from helpers import used_in
 
 from pyro_vi.data import DataError, load, missing
 

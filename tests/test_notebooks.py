@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from machine_data import marks_for
+from helpers import marks_for
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")

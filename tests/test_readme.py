@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
-from machine_data import marks_for
+from helpers import marks_for
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)

@@ -9,7 +9,7 @@ import pyro
 import pytest
 import torch
 import torch.nn.functional as F
-from machine_data import needs
+from helpers import needs
 from pyro import poutine
 
 from pyro_vi import elbo, fit, log_marginal

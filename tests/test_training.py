@@ -9,14 +9,9 @@ import torch
 
 from pyro_vi import elbo, fit
 from pyro_vi.checkpoint import load_checkpoint
-from pyro_vi.data import Split, data_plate, load
+from pyro_vi.data import Split, data_plate
 from pyro_vi.models import VAE
 from pyro_vi.training import FitError
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load("digits", binarize="dynamic")
 
 
 def _vae(ds, seed=0):

@@ -8,8 +8,7 @@ import math
 
 import pytest
 import torch
-from mc_error import mc_se  # tests/ is on sys.path (pytest's default import mode)
-from test_flows import randomize
+from helpers import mc_se, randomize
 
 from pyro_vi import elbo, fit, log_marginal
 from pyro_vi.cli import main
