@@ -20,12 +20,11 @@ KL annealing multiplies the log densities of the latent sites (model and guide a
 the objective is :math:`\mathbb E_q[\log p(x \mid z)] - \beta_t\,\mathrm{KL}`.
 
 Per-step overhead is kept low by general means: Pyro's validation runs on the first step only
-(``validate="first"``), ``pyro.module`` registrations are cached after the first step (the module's
-parameters are verified to be the param store's own), one optimizer steps all parameters, the
-data stay on the device, and from the second step on each step is replayed from a graph of its
-loss and gradients captured once per batch shape (:mod:`pyro_vi.capture`; ``capture=False``
-keeps every step eager, ``"auto"`` captures where the timed eager steps say it pays;
-``FitResult.step`` tells which ran).
+(``validate="first"``), where a module's parameters are also verified to be the param store's
+own, one optimizer steps all parameters, the data stay on the device, and where it pays each
+step is replayed from a graph of its loss and gradients captured once per batch shape
+(:mod:`pyro_vi.capture`; ``capture=False`` keeps every step eager, ``"auto"`` captures where
+the timed eager steps say it pays; ``FitResult.step`` tells which ran).
 """
 
 from __future__ import annotations
@@ -145,30 +144,17 @@ def make_loss(
 
 
 @contextmanager
-def cached_modules(cache: bool = True) -> Iterator[list[str]]:
-    """Skip re-registering an ``nn.Module`` whose parameters already are the param store's own.
-
-    ``pyro.module`` walks every parameter through Pyro's effect stack on every call; once a
-    module is registered and its tensors are the store's, the walk changes nothing, so the cached
-    version returns at once. The cache is checked against the store's size on every call.
-
-    Yields a list that collects a message for each module whose tensors are *not* the store's
-    (a second model registered under a name an earlier one left in the store): the optimizer
-    steps the store's tensors, so such a module would silently never train.
-
-    ``cache=False`` only checks: Pyro's ``loss_and_grads`` of ``RenyiELBO`` (and of Trace_ELBO and
-    TraceEnum_ELBO) back-propagates only when the traces hold ``param`` sites, which a cached
-    registration does not leave.
-    """
+def stale_modules() -> Iterator[list[str]]:
+    """Watch ``pyro.module`` calls for a module whose tensors are *not* the param store's (a
+    second model registered under a name an earlier one left in the store): the optimizer steps
+    the store's tensors, so such a module would silently never train. Yields the list of
+    one-line messages, one per such module, for ``fit`` to raise after its first step (raising
+    inside the call, Pyro would wrap the error)."""
     original = pyro.primitives.module
     store = pyro.get_param_store()
-    seen: dict[str, tuple[int, int]] = {}
     problems: list[str] = []
 
     def module(name, nn_module, update_module_params=False):
-        key = seen.get(name)
-        if cache and key is not None and key == (id(nn_module), len(store)):
-            return nn_module
         out = original(name, nn_module, update_module_params)
         prefix = name + "$$$"
         stale = [
@@ -177,15 +163,13 @@ def cached_modules(cache: bool = True) -> Iterator[list[str]]:
             if p.requires_grad and prefix + n in store
             and store.get_param(prefix + n).unconstrained() is not p
         ]  # fmt: skip
-        if stale:  # reported by fit after the step (raising here, Pyro would wrap the error)
+        if stale:
             problems.append(
                 f"pyro.module({name!r}): the param store holds other tensors for "
                 f"{prefix}{stale[0]} (from an earlier module of that name), so this module "
                 "would never train: call pyro.clear_param_store() before fitting a new model, "
                 "or register it under another name"
             )
-        else:
-            seen[name] = (id(nn_module), len(store))
         return out
 
     pyro.module = pyro.primitives.module = module
@@ -353,7 +337,7 @@ def _train_epoch(svi: SVI, batches, schedule: Schedule, step: int, kwargs_of, dd
         svi.beta = schedule.beta(step)
         first = svi.steps == 0
         check = validate is True or (validate == "first" and first)
-        with pyro.validation_enabled(bool(check)), cached_modules(False) if first else nullcontext(
+        with pyro.validation_enabled(bool(check)), stale_modules() if first else nullcontext(
             []
         ) as stale:  # fmt: skip
             value = svi.loss_and_grads(batch.x, **kwargs_of(batch))
