@@ -157,9 +157,10 @@ class Payoff:
     process actually cost and saved (:meth:`record`). Over :math:`n` remaining steps capture
     pays when :math:`n\,t_e\,(1 - \text{speedup}) > \text{margin} \cdot \text{cost}`."""
 
-    #: priors: a capture ≈ 40 eager steps (28-75 measured), a captured step ≈ 0.5 of an eager
-    #: one (0.3-0.7 measured; BENCHMARKS.md)
-    COST_RATIO, SPEEDUP, MARGIN = 40.0, 0.5, 2.0
+    #: priors, from what Payoff recorded in 60-epoch fits of the 64-16-2 digits VAE and the
+    #: 2-10-1 toy (batch 128, one thread, 2026-12-03): a capture cost 55-81 eager steps, a
+    #: captured step 0.20-0.37 of an eager one
+    COST_RATIO, SPEEDUP, MARGIN = 60.0, 0.3, 2.0
     costs: list[float] = []  # capture seconds / eager step seconds, this process
     speedups: list[float] = []  # captured / eager step seconds, this process
 
@@ -238,7 +239,7 @@ class SVI:
         self.steps = 0  # calls of loss_and_grads (steps begun)
         self.auto = capture == "auto"
         self.planned_steps = planned_steps
-        self._timings: list[float] = []  # eager seconds of repeated steps (auto), then replays
+        self._timings: list[float] = []  # seconds of the eager steps of a seen signature
 
     @property
     def optimizer(self) -> torch.optim.Optimizer | None:
@@ -298,7 +299,7 @@ class SVI:
         self.steps += 1
         key = None if self._captured is None else self._captured.signature(args, kwargs, self.beta)
         if key is not None and key in self._seen and not (self.auto and self._undecided()):
-            loss = self._replay(args, kwargs)
+            loss = self._replay(args, kwargs, fresh=key not in self._captured.graphs)
             if loss is not None:
                 return loss
         return self._eager(args, kwargs)
@@ -342,11 +343,10 @@ class SVI:
                 return True
         return False
 
-    def _replay(self, args, kwargs) -> float | None:
-        """A captured step (capturing this signature first if new), timed for :class:`Payoff`;
-        None (capture refused from here on) where it cannot be captured."""
+    def _replay(self, args, kwargs, fresh: bool) -> float | None:
+        """A captured step (capturing this signature first if ``fresh``), timed for
+        :class:`Payoff`; None (capture refused from here on) where it cannot be captured."""
         eager = statistics.median(self._timings) if self._timings else None
-        fresh = self._captured.signature(args, kwargs, self.beta) not in self._captured.graphs
         t0 = time.perf_counter()
         loss = self._captured(args, kwargs, self.beta)
         if loss is None:
