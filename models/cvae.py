@@ -38,9 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_vi.data import Dataset, Split, data_plate
+from pyro_vi.layers import mlp
 from pyro_vi.protocol import Images, Item, Model, PositiveInt, register
 
-from .vae import Activation, mlp
+from .vae import Activation
 
 QUADRANTS = ("bottom-left", "top-left", "bottom-right", "top-right")  # visible in this order
 

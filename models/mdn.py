@@ -43,9 +43,10 @@ from pyro.ops.indexing import Vindex
 from torch import nn
 
 from pyro_vi.data import Dataset, data_plate
+from pyro_vi.layers import mlp
 from pyro_vi.protocol import Density, Item, Model, PositiveInt, Scatter, register
 
-from .vae import Activation, mlp
+from .vae import Activation
 
 MODES = ("enum", "map")
 

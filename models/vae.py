@@ -17,11 +17,16 @@ context :math:`h_\phi(x)` and :math:`q(z \mid x)` is the base Gaussian pushed th
 ``flow_layers`` coupling layers conditioned on it, :math:`z = f_K \circ \dots \circ f_1(z_0; h)`,
 :math:`\log q(z \mid x) = \log q_0(z_0 \mid x) - \sum_k \log|\det J_{f_k}|`.
 ``prior_flow=...``: :math:`p(z)` is :math:`\mathcal N(0, I)` pushed through an unconditional
-flow, so the prior is learned too.
+flow, so the prior is learned too. ``prior="vampprior"``: :math:`p(z)` is the VampPrior
+:math:`\frac1K\sum_k q(z \mid u_k)` at ``pseudo_inputs`` learned pseudo-inputs
+(:mod:`pyro_vi.priors`). ``gated=True`` builds both networks from gated dense layers and
+``log_var_clamp=(-6, 2)`` clamps the encoder's log-variance (:mod:`pyro_vi.layers`), the networks
+of the published VampPrior/Exemplar-VAE density table (``benchmarks/density_table.py``).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import pyro
@@ -31,25 +36,21 @@ from torch import nn
 
 from pyro_vi import flows
 from pyro_vi.data import Dataset, data_plate
+from pyro_vi.layers import GaussianHead, gated_mlp, mlp
+from pyro_vi.priors import VampPrior
 from pyro_vi.protocol import Images, Item, Model, PositiveInt, Scatter, register
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU}
-Activation = Literal["relu", "tanh", "softplus", "elu"]  # the keys of ACTIVATIONS
+Activation = Literal["relu", "tanh", "softplus", "elu"]  # the keys of pyro_vi.layers.ACTIVATIONS
 FlowKind = Literal["nice", "realnvp"]
+PriorKind = Literal["gaussian", "vampprior"]
 
 
-def mlp(sizes: list[int], activation: str = "relu") -> nn.Sequential:
-    """Linear layers of the given widths with ``activation`` between them (none after the last)."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(
-            f"unknown activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}"
-        )
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(ACTIVATIONS[activation]())
-    return nn.Sequential(*layers)
+def check_prior(prior: str, *flows_: str | None) -> None:
+    """A one-line error for an unknown prior or a VampPrior beside a flow."""
+    if prior not in ("gaussian", "vampprior"):
+        raise ValueError(f"prior={prior!r} is not known: use 'gaussian' or 'vampprior'")
+    if prior == "vampprior" and any(flows_):
+        raise ValueError("prior='vampprior' mixes the encoder's Gaussians: drop the flows")
 
 
 @register("vae")
@@ -68,8 +69,13 @@ class VAE(nn.Module, Model):
         flow_layers: int = 4,
         flow_context: int = 32,
         name: str = "vae",
+        gated: bool = False,
+        log_var_clamp: tuple[float, float] | None = None,
+        prior: str = "gaussian",
+        pseudo_inputs: int = 500,
     ):
         super().__init__()
+        check_prior(prior, guide_flow, prior_flow)
         if likelihood not in ("bernoulli", "normal"):
             raise ValueError(f"likelihood {likelihood!r}: use 'bernoulli' or 'normal'")
         for option, kind in (("guide_flow", guide_flow), ("prior_flow", prior_flow)):
@@ -77,13 +83,17 @@ class VAE(nn.Module, Model):
                 raise ValueError(f"{option}={kind!r} is not known: use None, 'nice' or 'realnvp'")
         self.config = dict(x_dim=x_dim, z_dim=z_dim, hidden=list(hidden), activation=activation,
                            likelihood=likelihood, guide_flow=guide_flow, prior_flow=prior_flow,
-                           flow_layers=flow_layers, flow_context=flow_context,
-                           name=name)  # fmt: skip
+                           flow_layers=flow_layers, flow_context=flow_context, name=name,
+                           gated=gated, log_var_clamp=log_var_clamp and list(log_var_clamp),
+                           prior=prior, pseudo_inputs=pseudo_inputs)  # fmt: skip
         self.name = name  # the pyro.module name: two VAEs fitted in one param store need two
         self.x_dim, self.z_dim, self.likelihood = x_dim, z_dim, likelihood
         self.context = flow_context if guide_flow else 0
-        self.encoder = mlp([x_dim, *hidden, 2 * z_dim + self.context], activation)
-        self.decoder = mlp([z_dim, *reversed(hidden), x_dim], activation)
+        net = gated_mlp if gated else functools.partial(mlp, activation=activation)
+        self.encoder = net([x_dim, *hidden, 2 * z_dim + self.context])
+        self.head = GaussianHead(z_dim, log_var_clamp, self.context)
+        self.decoder = net([z_dim, *reversed(hidden), x_dim])
+        self.vampprior = VampPrior(x_dim, pseudo_inputs) if prior == "vampprior" else None
         if likelihood == "normal":
             self.x_log_scale = nn.Parameter(torch.zeros(x_dim))
         self.guide_flow = guide_flow and getattr(flows, f"conditional_{guide_flow}")(
@@ -103,6 +113,10 @@ class VAE(nn.Module, Model):
         prior_flow: FlowKind | None = None,
         flow_layers: PositiveInt = 4,
         flow_context: PositiveInt = 32,
+        gated: bool = False,
+        log_var_clamp: tuple[float, ...] | None = None,
+        prior: PriorKind = "gaussian",
+        pseudo_inputs: PositiveInt = 500,
         *,
         name: str = "vae",
     ) -> VAE:
@@ -116,10 +130,15 @@ class VAE(nn.Module, Model):
         :param prior_flow: p(z) = N(0, I) through a learned flow
         :param flow_layers: coupling layers of each flow
         :param flow_context: width of the context the encoder gives the guide flow
+        :param gated: gated dense layers, (W1 x + b1) * sigmoid(W2 x + b2), instead of the MLP
+        :param log_var_clamp: clamp the encoder's log-variance to LOW HIGH (e.g. -6 2)
+        :param prior: p(z): gaussian N(0, I) or vampprior (a mixture of q at pseudo-inputs)
+        :param pseudo_inputs: learned pseudo-inputs of the VampPrior
         :param name: the ``pyro.module`` name (two VAEs in one param store need two)
         """
         return cls(data.dim, z_dim, tuple(hidden), activation, likelihood or data.likelihood,
-                   guide_flow, prior_flow, flow_layers, flow_context, name)  # fmt: skip
+                   guide_flow, prior_flow, flow_layers, flow_context, name, gated,
+                   log_var_clamp, prior, pseudo_inputs)  # fmt: skip
 
     def check(self, x: torch.Tensor) -> None:
         """One-line errors for data this model cannot take."""
@@ -143,17 +162,19 @@ class VAE(nn.Module, Model):
 
     def prior(self, n: int, like: torch.Tensor) -> dist.Distribution:
         """p(z) for ``n`` rows, on the device and dtype of ``like``."""
+        if self.vampprior is not None:
+            return self.vampprior(lambda u: self.head(self.encoder(u))[:2], n)
         p = dist.Normal(like.new_zeros(n, self.z_dim), 1.0).to_event(1)
         return p if self.prior_flow is None else dist.TransformedDistribution(p, [self.prior_flow])
 
     def posterior(self, x: torch.Tensor) -> dist.Distribution:
         """q(z | x): the encoder's Gaussian, pushed through the guide flow if there is one."""
-        loc, log_var, h = self.encoder(x).split([self.z_dim, self.z_dim, self.context], -1)
-        q = dist.Normal(loc, (0.5 * log_var).exp()).to_event(1)
+        loc, scale, *h = self.head(self.encoder(x))
+        q = dist.Normal(loc, scale).to_event(1)
         return (
             q
             if self.guide_flow is None
-            else dist.TransformedDistribution(q, [self.guide_flow.condition(h)])
+            else dist.TransformedDistribution(q, [self.guide_flow.condition(h[0])])
         )
 
     def model(self, x: torch.Tensor, idx: torch.Tensor | None = None, size: int | None = None):
@@ -170,8 +191,8 @@ class VAE(nn.Module, Model):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """A point summary of q(z | x) per row of x: the encoder's mean, through the guide flow
         if there is one (the posterior mean itself for the plain Gaussian)."""
-        loc, _, h = self.encoder(x).split([self.z_dim, self.z_dim, self.context], -1)
-        return loc if self.guide_flow is None else self.guide_flow.condition(h)(loc)
+        loc, _, *h = self.head(self.encoder(x))
+        return loc if self.guide_flow is None else self.guide_flow.condition(h[0])(loc)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The mean of p(x | z): pixel probabilities or Gaussian means."""
