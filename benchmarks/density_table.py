@@ -38,9 +38,11 @@ MODELS = ("vae", "vampprior", "hvae", "hvae-vampprior")
 PUBLISHED = {"vae": 228.70, "vampprior": 227.35, "hvae": 227.37, "hvae-vampprior": 226.72}
 RECIPE = dict(epochs=2000, batch_size=100, lr=5e-4, anneal_epochs=100, early_stopping=50,
               z_dim=40, hidden=300, log_var_clamp=[-6.0, 2.0], pseudo_inputs=500,
-              valid_size=10000, iwae_k=5000, test_size=10000, dataset="fashion-mnist")  # fmt: skip
+              valid_fraction=1 / 6, iwae_k=5000, test_size=10000,
+              dataset="fashion-mnist")  # fmt: skip
 FAST = dict(RECIPE, epochs=2, anneal_epochs=1, early_stopping=1, z_dim=4, hidden=16,
-            pseudo_inputs=5, valid_size=100, iwae_k=8, test_size=50, dataset="digits")  # fmt: skip
+            pseudo_inputs=5, valid_fraction=0.1, iwae_k=8, test_size=50,
+            dataset="digits")  # fmt: skip
 KEYS = ("model", "loss", "particles", "guide_flow", "seed", "recipe")  # what --resume must match
 
 
@@ -93,9 +95,10 @@ def settings(a) -> dict:
         return saved
     if a.model is None:
         raise BenchError(f"--model is needed for a new run: one of {', '.join(MODELS)}")
-    if a.particles < 1:
-        raise BenchError(f"--particles {a.particles}: use 1 or more")
-    return dict(model=a.model, loss=a.loss or "elbo", particles=a.particles,
+    particles = 1 if a.particles is None else a.particles
+    if particles < 1:
+        raise BenchError(f"--particles {particles}: use 1 or more")
+    return dict(model=a.model, loss=a.loss or "elbo", particles=particles,
                 guide_flow=a.guide_flow, seed=a.seed if a.seed is not None else 0,
                 recipe=FAST if a.fast else RECIPE, versions=versions())  # fmt: skip
 
@@ -104,7 +107,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=MODELS)
     p.add_argument("--loss", choices=["elbo", "iwae"], help="training objective (default elbo)")
-    p.add_argument("--particles", type=int, default=1, help="particles per training step (K)")
+    p.add_argument("--particles", type=int, help="particles per training step (K; default 1)")
     p.add_argument("--guide-flow", choices=["nice", "realnvp"])
     p.add_argument("--seed", type=int)
     p.add_argument("--run-dir", help="checkpoint folder of a new run")
@@ -126,7 +129,7 @@ def main(argv=None) -> dict:
         r["dataset"],
         binarize="dynamic",
         seed=s["seed"],
-        valid_fraction=r["valid_size"] / (r["valid_size"] + 50000) if not a.fast else 0.1,
+        valid_fraction=r["valid_fraction"],
     )
     pyro.clear_param_store()
     torch.manual_seed(s["seed"])

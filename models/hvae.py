@@ -12,7 +12,8 @@ joined by a third. The ELBO is
     hvae = HVAE(784, z_dim=40, hidden=300, prior="vampprior")
     fit(hvae.model, hvae.guide, load("fashion-mnist", binarize="dynamic"), anneal_epochs=100)
 
-A latent code is ``[z1, z2]`` (``encode``/``decode``), so the VAE's reports work unchanged.
+A latent code is ``[z1, z2]`` and the decoder takes it whole, so the VAE's likelihood,
+``decode`` and reports work unchanged.
 """
 
 from __future__ import annotations
@@ -31,15 +32,18 @@ from .vae import VAE, PriorKind, check_prior
 
 
 class Joint(nn.Module):
-    """``f(a, b)``: a gated layer for each input, concatenated, a gated layer, a linear one."""
+    """``f([a, b])`` of a concatenated input: a gated layer for each part, concatenated, a gated
+    layer, a linear one."""
 
     def __init__(self, a: int, b: int, hidden: int, out: int):
         super().__init__()
+        self.sizes = [a, b]
         self.a, self.b = GatedDense(a, hidden), GatedDense(b, hidden)
         self.joint = gated_mlp([2 * hidden, hidden, out])
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.joint(torch.cat(torch.broadcast_tensors(self.a(a), self.b(b)), -1))
+    def forward(self, ab: torch.Tensor) -> torch.Tensor:
+        a, b = ab.split(self.sizes, -1)
+        return self.joint(torch.cat([self.a(a), self.b(b)], -1))
 
 
 @register("hvae")
@@ -70,7 +74,7 @@ class HVAE(VAE):
         self.head = GaussianHead(z_dim, log_var_clamp)
         self.q_z1 = Joint(x_dim, z_dim, hidden, 2 * z_dim)  # q(z1 | x, z2)
         self.p_z1 = gated_mlp([z_dim, hidden, hidden, 2 * z_dim])  # p(z1 | z2)
-        self.p_x = Joint(z_dim, z_dim, hidden, x_dim)  # p(x | z1, z2)
+        self.decoder = Joint(z_dim, z_dim, hidden, x_dim)  # p(x | z1, z2), z = [z1, z2]
         if likelihood == "normal":
             self.x_log_scale = nn.Parameter(torch.zeros(x_dim))
         self.vampprior = VampPrior(x_dim, pseudo_inputs) if prior == "vampprior" else None
@@ -103,23 +107,14 @@ class HVAE(VAE):
         return cls(data.dim, z_dim, hidden[0], likelihood or data.likelihood, log_var_clamp,
                    prior, pseudo_inputs, name)  # fmt: skip
 
-    def _split(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return z[..., : self.z_dim], z[..., self.z_dim :]
-
-    def likelihood_dist(self, z: torch.Tensor) -> dist.Distribution:
-        """p(x | z1, z2) for codes ``z = [z1, z2]``, event dimension 1."""
-        out = self.p_x(*self._split(z))
-        if self.likelihood == "bernoulli":
-            return dist.Bernoulli(logits=out).to_event(1)
-        return dist.Normal(out, self.x_log_scale.exp()).to_event(1)
-
     def z1_prior(self, z2: torch.Tensor) -> dist.Distribution:
         """p(z1 | z2)."""
         return dist.Normal(*self.head(self.p_z1(z2))).to_event(1)
 
     def z1_posterior(self, x: torch.Tensor, z2: torch.Tensor) -> dist.Distribution:
         """q(z1 | x, z2)."""
-        return dist.Normal(*self.head(self.q_z1(x, z2))).to_event(1)
+        x = x.expand(*z2.shape[:-1], x.shape[-1])  # particles of z2 lead x's batch
+        return dist.Normal(*self.head(self.q_z1(torch.cat([x, z2], -1)))).to_event(1)
 
     def model(self, x: torch.Tensor, idx: torch.Tensor | None = None, size: int | None = None):
         pyro.module(self.name, self)
@@ -138,11 +133,6 @@ class HVAE(VAE):
         """``[z1, z2]``: the mean of q(z2 | x), then the mean of q(z1 | x, z2) there."""
         z2 = self.head(self.encoder(x))[0]
         return torch.cat([self.z1_posterior(x, z2).mean, z2], -1)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """The mean of p(x | z1, z2) for codes ``z = [z1, z2]``."""
-        out = self.p_x(*self._split(z))
-        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
