@@ -30,9 +30,9 @@ import pyro
 import torch
 
 from pyro_vi import elbo, fit, log_marginal
+from pyro_vi.cli.runs import versions, write_json
 from pyro_vi.data import load
 from pyro_vi.models import HVAE, VAE
-from pyro_vi.runs import versions, write_json
 
 MODELS = ("vae", "vampprior", "hvae", "hvae-vampprior")
 PUBLISHED = {"vae": 228.70, "vampprior": 227.35, "hvae": 227.37, "hvae-vampprior": 226.72}

@@ -35,16 +35,16 @@ import torch
 
 from pyro_vi import elbo, fit
 from pyro_vi.data import Split, load
-from pyro_vi.estimators import (
+from pyro_vi.infer.guides import SemiAmortizedELBO
+from pyro_vi.models import VAE
+from pyro_vi.studies.estimators import (
     NeuralBaseline,
     TinyMixture,
     gradient_stats,
     score_function,
     variance_ratio,
 )
-from pyro_vi.gaps import amortization_gaps
-from pyro_vi.guides import SemiAmortizedELBO
-from pyro_vi.models import VAE
+from pyro_vi.studies.gaps import amortization_gaps
 
 VAE_ESTIMATORS = ("reparam", "reparam_analytic_kl", "score", "score_avg_baseline",
                   "score_nn_baseline")  # fmt: skip

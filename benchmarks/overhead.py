@@ -50,8 +50,8 @@ from pyro.infer import SVI as PyroSVI
 from pyro.infer import Trace_ELBO
 
 from pyro_vi import SVI, fit
-from pyro_vi.capture import script, trace
 from pyro_vi.data import Split, load, missing
+from pyro_vi.infer.capture import script, trace
 from pyro_vi.models import CVAE, VAE
 
 LOG2PI = math.log(2 * math.pi)

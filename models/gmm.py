@@ -37,7 +37,7 @@ The ordinary Pyro way::
 
 :class:`pyro_vi.models.GMM` (``gmm_estimator.py``) wraps this pair in a scikit-learn-style
 estimator with restarts, and fits the same mixture by closed-form EM or CAVI
-(:mod:`pyro_vi.em`).
+(:mod:`pyro_vi.infer.em`).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from pyro.poutine.runtime import get_plates
 from torch import nn
 
 from pyro_vi.data import data_plate
-from pyro_vi.em import component_log_prob, init_params
+from pyro_vi.infer.em import component_log_prob, init_params
 
 __all__ = [
     "MixtureModel", "map_guide", "meanfield_guide", "ScoreGuide", "AmortizedGuide", "loss_for",
@@ -184,7 +184,7 @@ class MixtureModel(nn.Module):
 def kmeans_init(
     model: MixtureModel, x: torch.Tensor, generator: torch.Generator | None = None
 ) -> Values:
-    """Global values at the k-means++ partition of ``x`` (:func:`pyro_vi.em.init_params`, the
+    """Global values at the k-means++ partition of ``x`` (:func:`pyro_vi.infer.em.init_params`, the
     start of EM's restart with the same ``generator`` state), in the model's parameterization:
     weights, locs, scales = sqrt(diag Sigma_k) and corr_chol = chol(Sigma_k / scales scales^T)."""
     weights, locs, cov = init_params(x, model.n_components, model.covariance, 1e-6, generator)

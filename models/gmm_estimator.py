@@ -1,10 +1,10 @@
 r"""A Gaussian mixture estimator in scikit-learn's style over the Pyro pair of :mod:`.gmm`.
 
 :class:`GMM` fits the mixture of :class:`~pyro_vi.models.gmm.MixtureModel` by closed-form EM (the
-default, :func:`pyro_vi.em.em`: maximum likelihood), CAVI for the conjugate Normal-Wishart model
-(:func:`pyro_vi.em.cavi`) or SVI with any of the four guides of :mod:`.gmm`, and then scores,
-predicts and samples from the fitted mixture :math:`p(x) = \sum_k \pi_k \mathcal N(x \mid \mu_k,
-\Sigma_k)`::
+default, :func:`pyro_vi.infer.em.em`: maximum likelihood), CAVI for the conjugate Normal-Wishart
+model (:func:`pyro_vi.infer.em.cavi`) or SVI with any of the four guides of :mod:`.gmm`, and then
+scores, predicts and samples from the fitted mixture :math:`p(x) = \sum_k \pi_k \mathcal N(x \mid
+\mu_k, \Sigma_k)`::
 
     gmm = GMM(n_components=3, covariance="full").fit(x, method="em", seed=0)
     gmm.score(x_test), gmm.predict(x_test), gmm.bic(x_test)
@@ -30,9 +30,9 @@ import pyro
 import torch
 from torch import nn
 
-from pyro_vi.em import cavi, component_log_prob, em
-from pyro_vi.training import FitResult
-from pyro_vi.training import fit as svi_fit
+from pyro_vi.infer.em import cavi, component_log_prob, em
+from pyro_vi.infer.training import FitResult
+from pyro_vi.infer.training import fit as svi_fit
 
 from .gmm import (
     GUIDES,

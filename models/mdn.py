@@ -238,11 +238,11 @@ class MDN(nn.Module, Model):
 
 
 def __getattr__(name: str):
-    """``density_figure`` moved to :mod:`pyro_vi.plots` (figures belong to the run layer);
-    ``from pyro_vi.models.mdn import density_figure`` keeps working without loading matplotlib
-    on import."""
+    """``density_figure`` moved to :mod:`pyro_vi.diagnostics.plots` (figures belong to the run
+    layer); ``from pyro_vi.models.mdn import density_figure`` keeps working without loading
+    matplotlib on import."""
     if name == "density_figure":  # it moved to the figures module; this name keeps working
-        from pyro_vi.plots import density_figure
+        from pyro_vi.diagnostics.plots import density_figure
 
         return density_figure
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

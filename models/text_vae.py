@@ -1,6 +1,6 @@
 r"""A variational autoencoder for sentences (Bowman et al. 2016) and its baseline language model.
 
-Sentences are rows of token ids from :mod:`pyro_vi.corpus` (words, ``<eos>``, ``<pad>``).
+Sentences are rows of token ids from :mod:`pyro_vi.data.corpus` (words, ``<eos>``, ``<pad>``).
 :class:`LanguageModel` is an RNN language model,
 :math:`p(w) = \prod_{t=1}^{L+1} p(w_t \mid w_{<t})` with :math:`w_0 = \langle bos\rangle` and
 :math:`w_{L+1} = \langle eos\rangle`. :class:`TextVAE` conditions the same decoder on a code:
@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_vi.corpus import BOS, EOS, PAD, UNK, sentence_mask
 from pyro_vi.data import Dataset, data_plate
-from pyro_vi.evaluate import elbo, log_marginal
+from pyro_vi.data.corpus import BOS, EOS, PAD, UNK, sentence_mask
+from pyro_vi.evaluate.bounds import elbo, log_marginal
 from pyro_vi.protocol import Item, Model, PositiveInt, Text, register
 
 __all__ = ["LanguageModel", "TextVAE", "WordCategorical", "sentence_metrics"]
@@ -166,7 +166,7 @@ class LanguageModel(nn.Module, Model):
                 f"token ids outside [0, {self.vocab_size}): build the model for this data"
             )
         if not bool((x == EOS).any(-1).all()):
-            raise ValueError("a sentence without <eos>: encode sentences with pyro_vi.corpus")
+            raise ValueError("a sentence without <eos>: encode sentences with pyro_vi.data.corpus")
 
     # --- the decoder --------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ default is the model's own default, and its help is the ``:param name:`` line of
 Several models may take the same flag; it then has one meaning (one type, one help) and each model
 its own default. A model's ``report`` and ``samples`` return data (:class:`Images`,
 :class:`Scatter`, :class:`Density`, :class:`Text`, or a ``dict`` for JSON); the run layer
-(:mod:`pyro_vi.runs`, :mod:`pyro_vi.cli`) draws and writes them.
+(:mod:`pyro_vi.cli.runs`, :mod:`pyro_vi.cli.main`) draws and writes them.
 
 This module imports neither torch nor Pyro, so ``pyro-vi --help`` stays fast.
 """
@@ -117,7 +117,7 @@ class Model(Protocol):
       :class:`pyro_vi.data.Dataset`. Its parameters after ``data`` are the model's options and,
       unless keyword-only, its CLI flags (see the module docstring).
     - ``config``: a JSON-able dict such that ``type(m)(**m.config)`` rebuilds the model before
-      training (:func:`pyro_vi.runs.load_run` does this, then loads the checkpoint).
+      training (:func:`pyro_vi.cli.runs.load_run` does this, then loads the checkpoint).
     - ``model(x, idx=None, size=None)`` and ``guide(...)``: the Pyro pair fitted by
       :func:`pyro_vi.fit` (a ``y=None`` keyword receives a labelled data set's labels).
     - ``to(device)``: move the parameters (``torch.nn.Module`` provides it).

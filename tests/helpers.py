@@ -52,8 +52,8 @@ def mc_se(run_dir, iwae_k: int | None = None, particles: int = 10, pool: int = 1
     particle ELBO of each split (sqrt(sum_i var(log w_i) / particles) / N) and, with ``iwae_k``,
     the test set's IWAE-K (delta method: var(w_i / mean w_i) / K per datapoint), from ``pool``
     fresh log weights per datapoint of the saved model."""
-    from pyro_vi.evaluate import log_weights, max_plate_nesting
-    from pyro_vi.runs import load_run, model_inputs
+    from pyro_vi.cli.runs import load_run, model_inputs
+    from pyro_vi.evaluate.bounds import log_weights, max_plate_nesting
 
     model_obj, data, config = load_run(run_dir, "cpu")
     out = {}

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from pyro_vi.atomic import PARTIAL, atomic_open, remove_partial
-from pyro_vi.checkpoint import load_checkpoint
 from pyro_vi.cli import main
+from pyro_vi.infer.checkpoint import load_checkpoint
 
 TINY = ["--dataset", "digits", "--epochs", "1", "--z-dim", "2", "--hidden", "16", "--iwae-k", "10",
         "--no-figures"]  # fmt: skip

@@ -1,5 +1,5 @@
-"""Captured SVI steps (pyro_vi.capture): the replayed graph is the eager objective, and capture
-is refused where a replay would not be faithful."""
+"""Captured SVI steps (pyro_vi.infer.capture): the replayed graph is the eager objective, and
+capture is refused where a replay would not be faithful."""
 
 import re
 
@@ -10,11 +10,11 @@ import torch
 from helpers import M0, R0, S, X, conjugate_pair  # z ~ N(0, 1), x ~ N(z, S^2), q = N(m, r^2)
 
 from pyro_vi import fit
-from pyro_vi.capture import CapturedStep
 from pyro_vi.data import Split
+from pyro_vi.infer.capture import CapturedStep
+from pyro_vi.infer.svi import ScaleLatents
+from pyro_vi.infer.training import make_loss
 from pyro_vi.models import VAE
-from pyro_vi.svi import ScaleLatents
-from pyro_vi.training import make_loss
 
 
 @pytest.mark.parametrize("beta", [1.0, 0.3])
@@ -148,7 +148,7 @@ def test_auto_decides_by_measurement_and_a_late_capture_matches_eager(digits, on
 
 
 def test_payoff_weighs_saving_against_cost():
-    from pyro_vi.svi import Payoff
+    from pyro_vi.infer.svi import Payoff
 
     pays, why = Payoff.estimate(0.002, 10)  # about 14 ms to save against about 0.12 s
     assert not pays and "over 10 steps of 2.00 ms" in why

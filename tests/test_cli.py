@@ -233,13 +233,24 @@ def test_import_pyro_vi_reaches_the_public_api_and_loads_lazily():
         "assert not heavy, heavy\n"
         "print(type(pyro_vi.flows.nice(4)).__name__)\n"
         "assert callable(pyro_vi.data.load) and pyro_vi.models.VAE.__name__ == 'VAE'\n"
-        "assert callable(pyro_vi.diagnostics.loo) and callable(pyro_vi.sbc)\n"
-        "import pyro_vi.calibration\n"
-        "assert pyro_vi.sbc is pyro_vi.calibration.sbc\n"
+        "assert callable(pyro_vi.diagnostics.importance.loo) and callable(pyro_vi.sbc)\n"
+        "import pyro_vi.diagnostics.calibration\n"
+        "assert pyro_vi.sbc is pyro_vi.diagnostics.calibration.sbc\n"
         "assert 'arviz' not in sys.modules and 'matplotlib' not in sys.modules\n"
+        "assert pyro_vi.diagnostics.loo is pyro_vi.loo\n"
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "Flow"
+
+
+def test_a_figure_module_does_not_import_the_stages_beside_it():
+    """The subpackage faces are lazy too: the figures need matplotlib, not the PSIS engine."""
+    run = _fresh(
+        "import sys, pyro_vi.diagnostics.plots\n"
+        "heavy = [m for m in ('pyro', 'arviz', 'pyro_vi.evaluate') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    assert run.returncode == 0, run.stderr
 
 
 def test_help_and_a_short_fit_print_no_warnings(tmp_path):

@@ -16,7 +16,7 @@ from pyro.distributions import Bernoulli
 from pyro_vi import elbo, fit, log_marginal
 from pyro_vi.cli import main
 from pyro_vi.data import load
-from pyro_vi.evaluate import log_weights
+from pyro_vi.evaluate.bounds import log_weights
 from pyro_vi.models import REGISTRY
 from pyro_vi.models.cvae import CVAE, CVAEError
 

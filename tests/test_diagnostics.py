@@ -20,8 +20,8 @@ from pyro.ops.indexing import Vindex
 
 from pyro_vi import sbc
 from pyro_vi.data import data_plate
-from pyro_vi.diagnostic_plots import khat_plot, posterior_vs_prior, ppc_plot, rank_histogram
-from pyro_vi.diagnostics import DiagnosticsError, draw, loo, psis_khat, to_inference_data
+from pyro_vi.diagnostics.figures import khat_plot, posterior_vs_prior, ppc_plot, rank_histogram
+from pyro_vi.diagnostics.importance import DiagnosticsError, draw, loo, psis_khat, to_inference_data
 from pyro_vi.models import VAE
 
 TAU, SIGMA, N = 2.0, 1.0, 20

@@ -1,7 +1,7 @@
-"""Data-parallel SVI (pyro_vi.distributed): two gloo ranks on the CPU with the environment torchrun
-sets, rank 0 in the test's process and rank 1 spawned (``python tests/test_distributed.py OUT``
-runs this file as rank 1's worker). The ranks must hold identical parameters, equal to one process
-with the same global batch and seed; resume is bit-identical; only rank 0 writes; without a
+"""Data-parallel SVI (pyro_vi.infer.distributed): two gloo ranks on the CPU with the environment
+torchrun sets, rank 0 in the test's process and rank 1 spawned (``python tests/test_distributed.py
+OUT`` runs this file as rank 1's worker). The ranks must hold identical parameters, equal to one
+process with the same global batch and seed; resume is bit-identical; only rank 0 writes; without a
 launcher the error is one line naming the fix.
 """
 
@@ -27,11 +27,11 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 
 from pyro_vi import fit
+from pyro_vi.cli.runs import build_model, model_inputs
 from pyro_vi.data import Batch, Split, data_plate, load
-from pyro_vi.distributed import REQUIRED_ENV, DataParallel, DistributedError
-from pyro_vi.evaluate import log_weights, max_plate_nesting
+from pyro_vi.evaluate.bounds import log_weights, max_plate_nesting
+from pyro_vi.infer.distributed import REQUIRED_ENV, DataParallel, DistributedError
 from pyro_vi.models import VAE
-from pyro_vi.runs import build_model, model_inputs
 
 ROWS, BATCH, EPOCHS = 300, 75, 2  # 4 steps per epoch; slices of 38 and 37 rows
 DET = dict(epochs=EPOCHS, batch_size=BATCH, optimizer="sgd", lr=2e-5, device="cpu", seed=3,
@@ -86,8 +86,8 @@ def _worker(out: Path) -> None:
 
 
 def _work(out: Path, mp: pytest.MonkeyPatch) -> None:
-    import pyro_vi.runs as runs
-    import pyro_vi.training as training
+    import pyro_vi.cli.runs as runs
+    import pyro_vi.infer.training as training
     from pyro_vi.cli import main
 
     rank = int(os.environ["RANK"])

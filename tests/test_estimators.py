@@ -12,7 +12,7 @@ from pyro import poutine
 
 from pyro_vi import elbo
 from pyro_vi.data import data_plate
-from pyro_vi.estimators import (
+from pyro_vi.studies.estimators import (
     EstimatorError,
     GradientStats,
     NeuralBaseline,

@@ -1,5 +1,5 @@
-"""pyro_vi.elbo, pyro_vi.log_marginal and the log-weight engine (pyro_vi.weights) behind them and
-the diagnostics, against closed forms on linear-Gaussian models."""
+"""pyro_vi.elbo, pyro_vi.log_marginal and the log-weight engine (pyro_vi.evaluate.weights) behind
+them and the diagnostics, against closed forms on linear-Gaussian models."""
 
 import math
 
@@ -10,7 +10,7 @@ import torch
 
 from pyro_vi import elbo, log_marginal
 from pyro_vi.data import data_plate
-from pyro_vi.evaluate import EvaluationError, log_weights
+from pyro_vi.evaluate.bounds import EvaluationError, log_weights
 
 D, Z, SIGMA = 5, 2, 0.7
 
@@ -258,8 +258,8 @@ def test_the_engine_against_closed_forms_on_every_path():
     """Exact guide: every log weight is log p(x_i), whichever path drew it (vectorized in one or
     several chunks, one draw at a time, the fallback of a model that indexes from the left), so
     elbo, log_marginal and the diagnostics' weights all equal it to float64 rounding."""
-    from pyro_vi.diagnostics import draw
-    from pyro_vi.weights import CHUNK_BUDGET, PARTICLES, chunk_sizes, score
+    from pyro_vi.diagnostics.importance import draw
+    from pyro_vi.evaluate.weights import CHUNK_BUDGET, PARTICLES, chunk_sizes, score
 
     x = torch.linspace(-2.0, 3.0, 7, dtype=torch.float64)
     log_px, m, v = _scalar_exact(x)

@@ -16,7 +16,7 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 
 from pyro_vi import fit
-from pyro_vi.em import cavi, em, init_params, wishart_kl
+from pyro_vi.infer.em import cavi, em, init_params, wishart_kl
 from pyro_vi.models import GMM
 from pyro_vi.models.gmm import (
     GUIDES,

@@ -10,8 +10,8 @@ import pyro
 import pytest
 from helpers import M0, R0, S, X, conjugate_pair
 
-from pyro_vi.svi import ScaleLatents
-from pyro_vi.training import make_loss
+from pyro_vi.infer.svi import ScaleLatents
+from pyro_vi.infer.training import make_loss
 
 
 def _grads(loss):

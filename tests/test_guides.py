@@ -12,17 +12,18 @@ from pyro import poutine
 
 from pyro_vi import elbo, fit
 from pyro_vi.data import data_plate
-from pyro_vi.evaluate import log_weights
-from pyro_vi.gaps import amortization_gaps
-from pyro_vi.guides import (
+from pyro_vi.evaluate.bounds import log_weights
+from pyro_vi.infer.guides import (
     GuideError,
     PerDatapointGuide,
     SemiAmortizedELBO,
+    TensorGuide,
     fit_local,
     guide_normal_params,
     refine,
 )
 from pyro_vi.models import VAE
+from pyro_vi.studies.gaps import amortization_gaps
 
 N, D, S = 64, 4, 0.5  # datapoints, latent dimension, likelihood scale of the conjugate model
 
@@ -190,9 +191,7 @@ def test_refinement_raises_the_batch_elbo():
 
 
 def _fixed(fam, lam):
-    from pyro_vi.guides import _TensorGuide
-
-    return _TensorGuide(fam, {k: (a.detach(), b.detach()) for k, (a, b) in lam.items()})
+    return TensorGuide(fam, {k: (a.detach(), b.detach()) for k, (a, b) in lam.items()})
 
 
 def test_semi_amortized_encoder_gradient_is_its_own_elbo_gradient():

@@ -89,12 +89,13 @@ def test_a_figure_without_pyplot_renders_as_an_image(kernel_dir: Path, tmp_path:
     them as images, and a plain matplotlib Figure there is what the check catches."""
     nb = nbformat.v4.new_notebook()
     nb.cells = [
-        nbformat.v4.new_code_cell("from pyro_vi.plots import elbo_curve\n"
+        nbformat.v4.new_code_cell("from pyro_vi.diagnostics.plots import elbo_curve\n"
                                   "elbo_curve([{'epoch': 1, 'train_elbo': -3.0}])"),
         nbformat.v4.new_code_cell("from matplotlib.figure import Figure\nFigure()"),
     ]  # fmt: skip
     _client(nb, tmp_path, kernel_dir).execute()
-    assert "image/png" in nb.cells[0].outputs[0]["data"]
+    (shown,) = [out for out in nb.cells[0].outputs if out["output_type"] == "execute_result"]
+    assert "image/png" in shown["data"]
     assert unrendered_figures(nb) == ["cell 1: <Figure size 640x480 with 0 Axes>"]
 
 

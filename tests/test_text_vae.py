@@ -14,9 +14,9 @@ from pyro import poutine
 
 from pyro_vi import elbo, fit, log_marginal
 from pyro_vi.cli import main
-from pyro_vi.corpus import BOS, EOS, PAD, UNK, Vocabulary, sentence_mask, tokenize
 from pyro_vi.data import DataError, load
-from pyro_vi.evaluate import log_weights
+from pyro_vi.data.corpus import BOS, EOS, PAD, UNK, Vocabulary, sentence_mask, tokenize
+from pyro_vi.evaluate.bounds import log_weights
 from pyro_vi.models.text_vae import LanguageModel, TextVAE, WordCategorical, sentence_metrics
 
 SUBJECTS = ["the cat", "a dog", "my friend", "the old man", "she", "they"]
@@ -216,7 +216,7 @@ def test_tiny_cli_run(corpus_file, tmp_path, capsys):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_diagnostics_on_cuda_token_ids(data):
     """Token ids are integer tensors: the diagnostics take the device from them too."""
-    from pyro_vi.diagnostics import psis_khat
+    from pyro_vi.diagnostics.importance import psis_khat
 
     for cls, kw in ((LanguageModel, {}), (TextVAE, {"z_dim": 4})):
         m = tiny(cls, data, **kw).cuda()

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from pyro_vi import elbo, fit
-from pyro_vi.checkpoint import load_checkpoint
 from pyro_vi.data import Split, data_plate
+from pyro_vi.infer.checkpoint import load_checkpoint
+from pyro_vi.infer.training import FitError
 from pyro_vi.models import VAE
-from pyro_vi.training import FitError
 
 
 def _vae(ds, seed=0):
@@ -312,8 +312,8 @@ def test_fit_is_a_loop_over_its_public_parts(digits, capture):
     from pyro.infer import Trace_ELBO
 
     import pyro_vi
-    from pyro_vi.callbacks import EarlyStopping, Validation
-    from pyro_vi.schedule import Schedule
+    from pyro_vi.infer.callbacks import EarlyStopping, Validation
+    from pyro_vi.infer.schedule import Schedule
 
     opts = dict(epochs=3, batch_size=100, lr=2e-3, lr_decay=0.9, anneal_epochs=2, seed=5)
     vae = _vae(digits, 1)
@@ -351,7 +351,7 @@ def test_fit_is_a_loop_over_its_public_parts(digits, capture):
 
 
 def test_schedule_is_the_stated_warmup_and_decay():
-    from pyro_vi.schedule import Schedule
+    from pyro_vi.infer.schedule import Schedule
 
     s = Schedule(lr=0.1, lr_decay=0.5, warmup_steps=4, beta_start=0.2)
     assert [s.beta(t) for t in range(6)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, 1.0])

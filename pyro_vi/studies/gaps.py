@@ -10,7 +10,7 @@ Duvenaud 2018), per datapoint :math:`x_i`:
 
 where :math:`q^*_i` is the best member of the same family (diagonal Gaussian) for :math:`x_i`
 alone: a per-datapoint q fitted with the model frozen, started from the encoder's proposal
-(:func:`pyro_vi.guides.fit_local`). :math:`\log p(x_i)` is estimated by the IWAE-K bound with
+(:func:`pyro_vi.infer.guides.fit_local`). :math:`\log p(x_i)` is estimated by the IWAE-K bound with
 :math:`q^*_i` as the proposal (K = 5000 by default; a lower bound, so the approximation gap is
 slightly under-stated). ELBOs are averaged over ``elbo_particles`` fresh particles. Example::
 
@@ -25,8 +25,8 @@ from collections.abc import Callable
 import pyro
 import torch
 
-from .evaluate import elbo, log_marginal
-from .guides import SemiAmortizedELBO, fit_local
+from pyro_vi.evaluate.bounds import elbo, log_marginal
+from pyro_vi.infer.guides import SemiAmortizedELBO, fit_local
 
 __all__ = ["amortization_gaps"]
 

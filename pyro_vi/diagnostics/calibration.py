@@ -37,7 +37,7 @@ import torch
 from pyro import poutine
 from scipy import stats
 
-from .diagnostics import DiagnosticsError, _prior_draws, draw
+from pyro_vi.diagnostics.importance import DiagnosticsError, _prior_draws, draw
 
 __all__ = ["SBCResult", "sbc"]
 

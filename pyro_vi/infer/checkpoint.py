@@ -10,7 +10,7 @@ pickled code instead of running it::
     restore_params(state["params"], "runs/demo/checkpoint.pt")   # into Pyro's param store
 
 :func:`restore_params` is the one way parameters come back, for ``fit(resume=True)`` and for
-:func:`pyro_vi.runs.load_run` alike.
+:func:`pyro_vi.cli.runs.load_run` alike.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 import pyro
 import torch
 
-from .atomic import atomic_open
+from pyro_vi.atomic import atomic_open
 
 __all__ = [
     "CheckpointError",

@@ -26,7 +26,7 @@ from collections.abc import Callable
 import pyro
 import torch
 
-from .data import Split
+from pyro_vi.data import Split
 
 __all__ = ["Validation", "EarlyStopping", "ProgressBar"]
 
@@ -36,7 +36,7 @@ class Validation:
     (:func:`pyro_vi.elbo` with ``num_particles`` particles, on the split's fixed evaluation
     binarization ``split.evaluation_x(seed)``; labels passed as ``y=`` when ``pass_y``).
     ``mean_elbo`` replaces the estimator, e.g. by the data-parallel
-    :meth:`pyro_vi.distributed.DataParallel.mean_elbo`."""
+    :meth:`pyro_vi.infer.distributed.DataParallel.mean_elbo`."""
 
     def __init__(
         self,
@@ -50,7 +50,7 @@ class Validation:
         pass_y: bool = False,
         mean_elbo: Callable | None = None,
     ):
-        from .evaluate import elbo
+        from pyro_vi.evaluate.bounds import elbo
 
         self.model, self.guide, self.split = model, guide, split
         self.num_particles, self.nesting, self.seed = num_particles, nesting, seed

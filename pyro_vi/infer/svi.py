@@ -5,7 +5,7 @@ Same constructor and calls as ``pyro.infer.SVI``: ``SVI(model, guide, optim, los
 :math:`-\mathcal L(\theta, \phi)`) and ``svi.evaluate_loss(*args, **kwargs) -> float``. A step
 whose inputs have a signature seen before (shapes, dtypes and devices of the tensor arguments,
 values of the plain ones) replays a graph of its loss and gradients captured once
-(:class:`pyro_vi.capture.CapturedStep`, checked against the eager step on the capture batch);
+(:class:`pyro_vi.infer.capture.CapturedStep`, checked against the eager step on the capture batch);
 the first step of every signature, and every step of an objective that cannot be captured, runs
 eagerly exactly as Pyro's SVI runs it. :attr:`SVI.mode` says which ran and why::
 
@@ -27,7 +27,7 @@ sparse=True)``) get torch's ``SparseAdam`` with the same learning rate and betas
 
 A step is :meth:`SVI.loss_and_grads` (the loss; gradients left on the parameters) followed by
 :meth:`SVI.update` (the optimizer step): a data-parallel loop all-reduces the gradients in
-between (:meth:`pyro_vi.distributed.DataParallel.step`). :meth:`SVI.state_dict` and
+between (:meth:`pyro_vi.infer.distributed.DataParallel.step`). :meth:`SVI.state_dict` and
 :meth:`SVI.load_state_dict` carry the optimizer state (moments, step counts) for checkpoints.
 """
 
@@ -47,7 +47,7 @@ from pyro import poutine
 from pyro.infer.util import torch_item
 from pyro.poutine.messenger import Messenger
 
-from .capture import CapturedStep
+from pyro_vi.infer.capture import CapturedStep
 
 __all__ = ["SVI", "ScaleLatents", "ParamOptimizer", "Payoff"]
 

@@ -22,15 +22,15 @@ from pathlib import Path
 import pyro
 import torch
 
-from . import __version__
-from .atomic import atomic_open
-from .checkpoint import load_checkpoint, restore_params
-from .data import IMAGE_SETS, Dataset, load
-from .distributed import setup as setup_distributed
-from .evaluate import elbo, log_marginal, max_plate_nesting
-from .protocol import Density, Images, Item, Model, Scatter, Text, registered
-from .protocol import options as model_options
-from .training import CHECKPOINT, FitError, _takes_y, check_finite, fit, resolve_device
+from pyro_vi import __version__
+from pyro_vi.atomic import atomic_open
+from pyro_vi.data import IMAGE_SETS, Dataset, load
+from pyro_vi.evaluate.bounds import elbo, log_marginal, max_plate_nesting
+from pyro_vi.infer.checkpoint import load_checkpoint, restore_params
+from pyro_vi.infer.distributed import setup as setup_distributed
+from pyro_vi.infer.training import CHECKPOINT, FitError, _takes_y, check_finite, fit, resolve_device
+from pyro_vi.protocol import Density, Images, Item, Model, Scatter, Text, registered
+from pyro_vi.protocol import options as model_options
 
 __all__ = ["RunError", "train_run", "load_run", "evaluate_run", "write_json", "versions"]
 
@@ -147,7 +147,7 @@ def train_run(
     Everything that can be checked is checked before the directory is created, so bad input
     leaves no files behind. With ``resume=True``, ``out`` is an existing run that goes on in place.
     ``fit_options["distributed"]`` (not stored: it is a property of the launch) trains
-    data-parallel (:mod:`pyro_vi.distributed`); only rank 0 writes and evaluates.
+    data-parallel (:mod:`pyro_vi.infer.distributed`); only rank 0 writes and evaluates.
     Returns the metrics (None on the other ranks). ``data_options`` go to
     :func:`pyro_vi.data.load` (e.g. ``text``, ``vocab_size``, ``max_len`` of a corpus).
     """
@@ -222,7 +222,7 @@ def draw_figures(model_obj: Model, data: Dataset, history: list[dict], out: Path
                  seed: int = 0) -> None:  # fmt: skip
     """``elbo.png``, then each item of the model's ``report(data, seed)`` (torch's global seed
     set to ``seed`` first) as ``out/STEM.png``, ``.json`` or ``.txt``."""
-    from .plots import elbo_curve  # matplotlib only where drawn
+    from pyro_vi.diagnostics.plots import elbo_curve  # matplotlib only where drawn
 
     elbo_curve(history, out / "elbo.png")
     torch.manual_seed(seed)
@@ -252,7 +252,7 @@ def write_item(item: Item, path: str | os.PathLike) -> Path:
         with atomic_open(path, "w") as f:
             f.write("\n".join(item.lines) + "\n")
     else:
-        from .plots import draw, save_figure
+        from pyro_vi.diagnostics.plots import draw, save_figure
 
         save_figure(draw(item), path)
     return path
@@ -312,12 +312,12 @@ def evaluate_run(
 ) -> dict:
     """Evaluate a saved run; the result also goes to ``evaluation.json`` in the run directory.
 
-    With ``gaps=True`` the amortization-gap report (:func:`pyro_vi.gaps.amortization_gaps`) of
-    the first ``test_size`` test points is added, its per-datapoint values in ``gaps.json``.
+    With ``gaps=True`` the amortization-gap report (:func:`pyro_vi.studies.gaps.amortization_gaps`)
+    of the first ``test_size`` test points is added, its per-datapoint values in ``gaps.json``.
     """
     model_obj, data, config = load_run(run_dir, device)
     if gaps:  # the local family is the guide's Gaussian: check before the long evaluation
-        from .guides import GuideError, guide_normal_params
+        from pyro_vi.infer.guides import GuideError, guide_normal_params
 
         (x,), _ = model_inputs(model_obj, data.test, config["seed"], rows=2)
         try:
@@ -328,7 +328,7 @@ def evaluate_run(
     torch.manual_seed(config["seed"])
     metrics = _evaluate(model_obj, data, iwae_k, seed=config["seed"])
     if gaps:
-        from .gaps import amortization_gaps
+        from pyro_vi.studies.gaps import amortization_gaps
 
         (x,), _ = model_inputs(model_obj, data.test, config["seed"], rows=test_size)
         report = amortization_gaps(model_obj.model, model_obj, x, num_samples=iwae_k,

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import WORDNET_FILES, DataError, Dataset, Split, missing, wordnet_dir
+from .machine import WORDNET_FILES, missing, wordnet_dir
+from .split import DataError, Dataset, Split
 
 __all__ = [
     "Vocabulary",

@@ -38,9 +38,9 @@ likelihood of datapoint i (a mixture's :math:`\log \sum_k \pi_k p(y_i \mid \thet
     res = psis_khat(vae.model, vae.guide, x_test, num_samples=500)
     res.khat, res.summary()["share_above_0.7"]
 
-The draws and their weights come from the one log-weight engine, :mod:`pyro_vi.weights`, that
-:func:`pyro_vi.elbo` and :func:`pyro_vi.log_marginal` use. Log densities are unscaled (subsampling
-scales do not enter) and masks apply.
+The draws and their weights come from the one log-weight engine, :mod:`pyro_vi.evaluate.weights`,
+that :func:`pyro_vi.elbo` and :func:`pyro_vi.log_marginal` use. Log densities are unscaled
+(subsampling scales do not enter) and masks apply.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from pyro import poutine
 
-from .weights import (
+from pyro_vi.evaluate.weights import (
     DATA_PLATE,
     PARTICLES,
     DiagnosticsError,
@@ -111,7 +111,8 @@ class Draws(LogWeights):
     no draw axis) have their plate axes next, in the order of ``dims[name]`` (plate names), then
     their event axes. ``log_*_local`` and ``log_lik`` have shape (S, N) along the plate
     ``"data"``; ``log_*_global`` have shape (S,). The log weights (``log_weight``,
-    ``log_weight_local``, ``log_weight_global``) are those of :class:`pyro_vi.weights.LogWeights`.
+    ``log_weight_local``, ``log_weight_global``) are those of
+    :class:`pyro_vi.evaluate.weights.LogWeights`.
     """
 
     num_samples: int
@@ -240,7 +241,7 @@ def draw(
 ) -> Draws:
     """Draw ``num_samples`` latents from ``guide`` and score them under ``model``.
 
-    Draws run vectorized in the engine's particle plate (:mod:`pyro_vi.weights`; chunks of
+    Draws run vectorized in the engine's particle plate (:mod:`pyro_vi.evaluate.weights`; chunks of
     ``chunk_size``, automatic by default). ``vectorize=False`` runs one draw per trace, for models
     that index tensors in ways a particle dimension breaks; ``None`` tries vectorized and falls
     back with a warning. The weights' draws come first, so at equal seeds they are those of

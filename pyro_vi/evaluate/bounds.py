@@ -9,10 +9,10 @@ For a model whose local latents :math:`z_i` live in the plate ``"data"`` and a g
 bound); :func:`log_marginal` averages the weights themselves inside the log (the IWAE-K bound,
 Burda et al. 2016), :math:`\log \frac1K \sum_k w_i^{(k)} \le \log p(x_i)`, which is monotone in K
 and tends to :math:`\log p(x_i)` as K grows. The weights come from the one log-weight engine,
-:mod:`pyro_vi.weights`: particles run vectorized in its particle plate, in chunks whose size bounds
-memory (a model that breaks under the particle plate is drawn one particle at a time, with a
-warning naming the fix), and at equal seeds they are the draws :func:`pyro_vi.psis_khat` sees.
-Log densities are unscaled: subsampling scales do not enter per-datapoint
+:mod:`pyro_vi.evaluate.weights`: particles run vectorized in its particle plate, in chunks whose
+size bounds memory (a model that breaks under the particle plate is drawn one particle at a time,
+with a warning naming the fix), and at equal seeds they are the draws :func:`pyro_vi.psis_khat`
+sees. Log densities are unscaled: subsampling scales do not enter per-datapoint
 values. Sites outside the ``"data"`` plate (global latents) add ``term / N`` to every datapoint in
 :func:`elbo`, so the vector sums to the full-data ELBO; :func:`log_marginal` needs all latents in
 the plate. Discrete model sites marked ``infer={"enumerate": "parallel"}`` that the guide does not
@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import torch
 
-from .weights import (
+from pyro_vi.evaluate.weights import (
     EvaluationError,
     log_weights,
     max_plate_nesting,

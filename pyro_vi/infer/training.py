@@ -23,7 +23,7 @@ Per-step overhead is kept low by general means: Pyro's validation runs on the fi
 (``validate="first"``), where a module's parameters are also verified to be the param store's
 own, one optimizer steps all parameters, the data stay on the device, and where it pays each
 step is replayed from a graph of its loss and gradients captured once per batch shape
-(:mod:`pyro_vi.capture`; ``capture=False`` keeps every step eager, ``"auto"`` captures where
+(:mod:`pyro_vi.infer.capture`; ``capture=False`` keeps every step eager, ``"auto"`` captures where
 the timed eager steps say it pays; ``FitResult.step`` tells which ran).
 """
 
@@ -45,9 +45,11 @@ import pyro.optim
 import pyro.primitives
 import torch
 
-from .atomic import remove_partial
-from .callbacks import EarlyStopping, ProgressBar, Validation
-from .checkpoint import (
+from pyro_vi.atomic import remove_partial
+from pyro_vi.data import Dataset, Split
+from pyro_vi.evaluate.bounds import plate_nesting_of, trace_pair
+from pyro_vi.infer.callbacks import EarlyStopping, ProgressBar, Validation
+from pyro_vi.infer.checkpoint import (
     CheckpointError,
     load_checkpoint,
     restore_params,
@@ -55,12 +57,10 @@ from .checkpoint import (
     save_atomic,
     set_rng_state,
 )
-from .data import Dataset, Split
-from .distributed import DataParallel
-from .distributed import setup as setup_distributed
-from .evaluate import plate_nesting_of, trace_pair
-from .schedule import Schedule
-from .svi import SVI
+from pyro_vi.infer.distributed import DataParallel
+from pyro_vi.infer.distributed import setup as setup_distributed
+from pyro_vi.infer.schedule import Schedule
+from pyro_vi.infer.svi import SVI
 
 __all__ = ["fit", "FitResult", "FitError", "LOSSES", "resolve_device"]
 
@@ -437,9 +437,9 @@ def fit(
 
     A short loop over public parts, each usable alone: the step is :class:`pyro_vi.SVI` (with
     a torch optimizer from :func:`optimizer_factory`), the learning rate and KL weight come from
-    :class:`pyro_vi.schedule.Schedule`, validation, early stopping and the progress bar are
-    callbacks (:mod:`pyro_vi.callbacks`), and parameters come back from checkpoints by
-    :func:`pyro_vi.checkpoint.restore_params`, as for :func:`pyro_vi.runs.load_run`.
+    :class:`pyro_vi.infer.schedule.Schedule`, validation, early stopping and the progress bar are
+    callbacks (:mod:`pyro_vi.infer.callbacks`), and parameters come back from checkpoints by
+    :func:`pyro_vi.infer.checkpoint.restore_params`, as for :func:`pyro_vi.cli.runs.load_run`.
 
     Args:
         data: a :class:`~pyro_vi.data.Dataset` (its train split is fitted, its valid split
@@ -460,18 +460,18 @@ def fit(
         checkpoint_dir: write ``checkpoint.pt`` there every ``checkpoint_every`` epochs
             (atomically); with ``resume=True`` continue from it (``epochs`` is the total).
         distributed: data-parallel over the ranks a launcher (``torchrun``) started, see
-            :mod:`pyro_vi.distributed`: ``batch_size`` is the global batch, each rank fits its
+            :mod:`pyro_vi.infer.distributed`: ``batch_size`` is the global batch, each rank fits its
             slice, gradients are all-reduced, only rank 0 writes checkpoints; True sets the
-            process group up, a :class:`~pyro_vi.distributed.DataParallel` uses that one.
+            process group up, a :class:`~pyro_vi.infer.distributed.DataParallel` uses that one.
         capture: replay each step from a graph captured once per batch shape (see
-            :mod:`pyro_vi.capture`) where the objective allows it: True, False, or ``"auto"``
-            (where it pays: the first eager steps are timed and :class:`pyro_vi.svi.Payoff`
+            :mod:`pyro_vi.infer.capture`) where the objective allows it: True, False, or ``"auto"``
+            (where it pays: the first eager steps are timed and :class:`pyro_vi.infer.svi.Payoff`
             weighs what capture would save over the remaining planned steps against what a
             capture costs in this process); ``FitResult.step`` says which ran ("captured
             (torchscript)", "captured (fx)" or "eager (reason)").
         run_info: extra JSON-able data stored in checkpoints (e.g. the model's config).
         callback: called with each epoch's record after validation; a true return value
-            stops the run after that epoch (see :mod:`pyro_vi.callbacks`).
+            stops the run after that epoch (see :mod:`pyro_vi.infer.callbacks`).
     """
     _check_options(
         epochs, batch_size, lr, anneal_start, num_particles, capture, optimizer, lr_decay

@@ -1,12 +1,12 @@
 """Figures for posterior diagnostics (matplotlib): k-hat per datapoint, posterior against prior,
 posterior predictive checks, SBC rank histograms and ECDF differences. Each function returns
-the figure, or writes it atomically to ``path`` (:func:`pyro_vi.plots.save_figure`)::
+the figure, or writes it atomically to ``path`` (:func:`pyro_vi.diagnostics.plots.save_figure`)::
 
     khat_plot(psis_khat(vae.model, vae.guide, x, num_samples=500), "runs/demo/khat.png")
     posterior_vs_prior(to_inference_data(model, guide, x, num_samples=1000, prior=True))
     rank_histogram(sbc(model, guide, x, num_simulations=100))
 
-ELBO traces, latent embeddings and image grids are :mod:`pyro_vi.plots`' ``elbo_curve``,
+ELBO traces, latent embeddings and image grids are :mod:`pyro_vi.diagnostics.plots`' ``elbo_curve``,
 ``latent_scatter`` and ``image_grid``.
 """
 
@@ -17,7 +17,13 @@ import os
 import numpy as np
 from scipy import stats
 
-from .plots import InlineFigure, elbo_curve, image_grid, latent_scatter, save_figure
+from pyro_vi.diagnostics.plots import (
+    InlineFigure,
+    elbo_curve,
+    image_grid,
+    latent_scatter,
+    save_figure,
+)
 
 __all__ = [
     "khat_plot",
@@ -36,8 +42,8 @@ def _out(fig, path):
 
 
 def khat_plot(result, path: str | os.PathLike | None = None, title: str | None = None):
-    """k-hat per datapoint (a :class:`~pyro_vi.diagnostics.PSISResult` or an array) with the
-    0.5 and 0.7 thresholds; -inf (constant weights) is drawn at the bottom edge."""
+    """k-hat per datapoint (a :class:`~pyro_vi.diagnostics.importance.PSISResult` or an array) with
+    the 0.5 and 0.7 thresholds; -inf (constant weights) is drawn at the bottom edge."""
     k = np.asarray(getattr(result, "khat", result), dtype=float).reshape(-1)
     finite = np.isfinite(k)
     floor = min(np.min(k[finite], initial=0.0), 0.0) - 0.1

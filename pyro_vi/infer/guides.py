@@ -49,7 +49,7 @@ from pyro import poutine
 from pyro.distributions.transforms import biject_to
 from pyro.poutine.util import site_is_subsample
 
-from .data import data_plate
+from pyro_vi.data import data_plate
 
 __all__ = [
     "GuideError",
@@ -60,6 +60,7 @@ __all__ = [
     "guide_normal_params",
     "local_sites",
     "refine",
+    "TensorGuide",
 ]
 
 
@@ -332,8 +333,14 @@ def guide_normal_params(
     return out
 
 
-class _TensorGuide:
-    """Per-datapoint Gaussian guide over given parameter tensors (B, numel) per site."""
+class TensorGuide:
+    """The per-datapoint Gaussian guide of ``family`` over given parameter tensors: ``params``
+    maps each local site to its ``(loc, log_scale)``, each (B, numel) for the B rows of a batch.
+    This is the guide :func:`refine` steps and the one to score refined parameters with::
+
+        family, lam0, lamk = SemiAmortizedELBO(steps=20).refine(vae.model, vae.guide, x)
+        elbo(vae.model, TensorGuide(family, lamk), x, num_particles=200)
+    """
 
     def __init__(self, family: PerDatapointGuide, params: dict):
         self.family, self.params = family, params
@@ -390,7 +397,7 @@ def refine(
     for k in range(steps):
         current = {n: (lam[2 * j], lam[2 * j + 1]) for j, n in enumerate(names)}
         with poutine.block():
-            loss = loss_fn.differentiable_loss(model, _TensorGuide(family, current), x, **kwargs)
+            loss = loss_fn.differentiable_loss(model, TensorGuide(family, current), x, **kwargs)
         grads = [g / scale for g in torch.autograd.grad(loss, lam)]
         with torch.no_grad():
             if k == 0:
@@ -523,7 +530,7 @@ class SemiAmortizedELBO(pyro.infer.ELBO):
             return self._outer.differentiable_loss(model, guide, *args, **kwargs)
         x = args[0]
         fam, lam0, (lamk, g0) = self.refine(model, guide, x, first_grad=True, **kwargs)
-        loss = self._outer.differentiable_loss(model, _TensorGuide(fam, lamk), *args, **kwargs)
+        loss = self._outer.differentiable_loss(model, TensorGuide(fam, lamk), *args, **kwargs)
         b = x.shape[0]
         scale = kwargs["size"] / b if kwargs.get("idx") is not None and kwargs.get("size") else 1.0
         surrogate = 0.0
@@ -552,4 +559,4 @@ class SemiAmortizedELBO(pyro.infer.ELBO):
         computed once here and fixed, so every later call (ELBO, IWAE chunks) sees one q."""
         with torch.enable_grad():
             fam, _, lamk = self.refine(model, guide, x, **kwargs)
-        return _TensorGuide(fam, lamk)
+        return TensorGuide(fam, lamk)

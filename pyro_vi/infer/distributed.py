@@ -52,7 +52,7 @@ terms are summed, terms outside the data plate averaged over ranks, in one all-r
 gets the same number and early stopping decides identically.
 
 **Writing.** Rank 0 only: checkpoints in :func:`pyro_vi.fit`, config, metrics and figures in
-:mod:`pyro_vi.runs`. Resuming reads the run directory on every rank, so on several machines it
+:mod:`pyro_vi.cli.runs`. Resuming reads the run directory on every rank, so on several machines it
 must be on a shared filesystem.
 
 **Why not DistributedDataParallel.** DDP wraps one ``nn.Module`` and reduces the gradients of its
@@ -84,11 +84,11 @@ import pyro
 import torch
 import torch.distributed as dist
 
-from .data import Batch
-from .weights import summed_log_weights
+from pyro_vi.data import Batch
+from pyro_vi.evaluate.weights import summed_log_weights
 
 if TYPE_CHECKING:
-    from .svi import SVI
+    from pyro_vi.infer.svi import SVI
 
 __all__ = ["DataParallel", "DistributedError", "REQUIRED_ENV", "launched", "setup"]
 
@@ -398,9 +398,9 @@ class DataParallel:
         """The mean per-datapoint ELBO of all of ``x`` (a 0-dim tensor, the same on every rank),
         each rank evaluating a contiguous slice of the rows; ``kwargs`` are per-row tensors.
 
-        Like :func:`pyro_vi.elbo(...).mean() <pyro_vi.evaluate.elbo>`, from the same log-weight
-        engine (:mod:`pyro_vi.weights`): terms in the data plate summed over all rows, terms
-        outside it (global latents) once, averaged over ranks.
+        Like :func:`pyro_vi.elbo(...).mean() <pyro_vi.evaluate.bounds.elbo>`, from the same
+        log-weight engine (:mod:`pyro_vi.evaluate.weights`): terms in the data plate summed over
+        all rows, terms outside it (global latents) once, averaged over ranks.
         """
         start, stop = self._slice(x.shape[0])
         local_sum, global_sum = 0.0, 0.0

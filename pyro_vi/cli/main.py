@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from .protocol import RUN_DEFAULTS, ModelError, Option, Text, options, registered
+from pyro_vi.protocol import RUN_DEFAULTS, ModelError, Option, Text, options, registered
 
 __all__ = ["main", "parser"]
 
@@ -225,8 +225,8 @@ def _given_options(a) -> dict:
 
 
 def _fit(a) -> dict | None:
-    from .distributed import launched
-    from .runs import model_class, train_run
+    from pyro_vi.cli.runs import model_class, train_run
+    from pyro_vi.infer.distributed import launched
 
     model_options = _given_options(a)
     defaults = {"dataset": "digits", "loss": "elbo", **RUN_DEFAULTS.get(a.model, {})}
@@ -263,7 +263,7 @@ def _fit(a) -> dict | None:
 def _sample(a) -> dict:
     import torch
 
-    from .runs import item_suffix, load_run, write_item
+    from pyro_vi.cli.runs import item_suffix, load_run, write_item
 
     model_obj, data, _ = load_run(a.run_dir, a.device)
     torch.manual_seed(a.seed)
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             out = _fit(a)  # None on the ranks > 0 of a distributed run: they print nothing
             out = out and {k: v for k, v in out.items() if k != "history"}
         elif a.command == "evaluate":
-            from .runs import evaluate_run
+            from pyro_vi.cli.runs import evaluate_run
 
             out = evaluate_run(a.run_dir, a.iwae_k, a.device, gaps=a.gaps, test_size=a.test_size)
         else:

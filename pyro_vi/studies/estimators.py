@@ -39,7 +39,7 @@ import torch
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
-from .data import data_plate
+from pyro_vi.data import data_plate
 
 __all__ = [
     "EstimatorError",
@@ -160,7 +160,7 @@ class GradientStats:
 
 
 #: The losses :func:`gradient_stats` measures, with their options for
-#: :func:`pyro_vi.training.make_loss` (one particle: one gradient estimate per draw).
+#: :func:`pyro_vi.infer.training.make_loss` (one particle: one gradient estimate per draw).
 _LOSS_OPTIONS = {
     "elbo": {},
     "meanfield": {},
@@ -176,7 +176,7 @@ def _make_loss(loss: str | pyro.infer.ELBO) -> pyro.infer.ELBO:
         raise EstimatorError(
             f"unknown loss {loss!r}: use {', '.join(_LOSS_OPTIONS)} (or a pyro.infer.ELBO)"
         )
-    from .training import make_loss  # on first use: fit's module is heavy to import
+    from pyro_vi.infer.training import make_loss  # on first use: fit's module is heavy to import
 
     return make_loss(loss, **_LOSS_OPTIONS[loss])
 

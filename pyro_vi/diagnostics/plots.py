@@ -20,7 +20,7 @@ import matplotlib.figure
 import numpy as np
 import torch
 
-from .atomic import atomic_open
+from pyro_vi.atomic import atomic_open
 
 __all__ = [
     "InlineFigure",
@@ -184,7 +184,7 @@ def density_figure(models: dict, rows: torch.Tensor, grid: int = 200):
 def draw(item) -> InlineFigure:
     """The figure of a model's :class:`~pyro_vi.protocol.Images`,
     :class:`~pyro_vi.protocol.Scatter` or :class:`~pyro_vi.protocol.Density`."""
-    from .protocol import Density, Images, Scatter
+    from pyro_vi.protocol import Density, Images, Scatter
 
     if isinstance(item, Images):
         return image_grid(item.images, item.shape, nrow=item.nrow, title=item.title)

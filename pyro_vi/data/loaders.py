@@ -1,214 +1,26 @@
-"""Data sets as device-resident tensors, batched by index.
+"""The named data sets and data files, read into device-resident splits.
 
-Every data set is a :class:`Dataset` of three :class:`Split` s (train, valid, test). A split holds
-the whole set as one tensor ``x`` (rows are datapoints) on the chosen device, optional labels ``y``,
-and a binarization mode. Batches are drawn by index, so a batch knows the dataset indices of its
-rows; models put their local latents in ``pyro.plate("data", size, subsample=idx)`` (see
-:func:`data_plate`) and the ELBO of a batch is then an unbiased estimate of the full-data ELBO::
-
-    ds = load("digits", binarize="dynamic")
-    for batch in ds.train.batches(128, generator=torch.Generator().manual_seed(0)):
-        loss = elbo.differentiable_loss(model, guide, batch.x, idx=batch.idx, size=batch.size)
-
-Binarization: ``"static"`` draws x ~ Bernoulli(pixel intensity) once with a fixed seed;
-``"dynamic"`` draws afresh for every batch (the convention of the published likelihood tables);
-``None`` keeps intensities in [0, 1]. Synthetic sets come with their generating truth in ``info``.
+:func:`load` is the one entry point; sentences go to :mod:`pyro_vi.data.corpus`.
 """
 
 from __future__ import annotations
 
 import gzip
-import math
 import os
 import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
-import pyro
 import torch
 
-__all__ = ["Batch", "Dataset", "Split", "DataError", "load", "data_plate", "missing", "NAMES"]
+from .corpus import load_corpus
+from .machine import FASHION_FILES, _cache_root, debian_fashion
+from .split import DataError, Dataset, Split
 
 NAMES = ("digits", "fashion-mnist", "mnist", "gmm", "gaussian2d", "moons", "wordnet",
          "inverse-sine", "iris-petal")  # fmt: skip
 IMAGE_SETS = ("digits", "fashion-mnist", "mnist")
 FILE_SUFFIXES = (".npy", ".csv", ".txt")
-# where the machine's data come from: Debian's packages (under /usr/share) and the download cache
-DEBIAN_PACKAGES = {"fashion-mnist": "dataset-fashion-mnist", "wordnet": "wordnet-base"}
-FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte")  # fmt: skip
-WORDNET_FILES = ("data.noun", "data.verb", "data.adj", "data.adv")
-
-
-def system_data() -> Path:
-    """Where Debian's data packages put their files: ``$PYRO_VI_SYSTEM_DATA`` or /usr/share."""
-    return Path(os.environ.get("PYRO_VI_SYSTEM_DATA") or "/usr/share")
-
-
-def debian_fashion() -> Path:
-    """The folder of ``dataset-fashion-mnist``'s gzip'd idx files."""
-    return system_data() / "datasets" / "fashion-mnist"
-
-
-def wordnet_dir() -> Path:
-    """The folder of ``wordnet-base``'s ``data.noun``, ``data.verb``, ... files."""
-    return system_data() / "wordnet"
-
-
-def missing(name: str, root: str | os.PathLike | None = None) -> str | None:
-    """Why data set ``name`` cannot be loaded on this machine without a network, as one line
-    naming the remedy, or None when its files are here (or it needs none: digits, the synthetic
-    sets). Nothing is downloaded or read beyond the files' presence::
-
-        if (why := missing("fashion-mnist")) is not None:
-            print(why)   # fashion-mnist is not on this machine: `apt-get install ...`
-    """
-    if name == "fashion-mnist":
-        raw = _cache_root(root) / "FashionMNIST" / "raw"
-        if all((raw / f).exists() for f in FASHION_FILES):
-            return None
-        if all((debian_fashion() / (f + ".gz")).exists() for f in FASHION_FILES):
-            return None
-        return (
-            f"fashion-mnist is not on this machine (neither {debian_fashion()} nor {raw}): "
-            "`sudo apt-get install dataset-fashion-mnist` (Debian; `make data` in a checkout)"
-        )
-    if name == "wordnet":
-        folder = Path(root) if root is not None else wordnet_dir()
-        if all((folder / f).is_file() for f in WORDNET_FILES):
-            return None
-        return (
-            f"WordNet is not on this machine (no data.noun, ... in {folder}): "
-            "`sudo apt-get install wordnet-base` (Debian; `make data` in a checkout)"
-        )
-    if name == "mnist":
-        raw = _cache_root(root) / "MNIST" / "raw"
-        if (raw / "t10k-labels-idx1-ubyte").exists():
-            return None
-        return (
-            f"mnist is not on this machine (nothing in {raw}): run once with a network "
-            "(torchvision downloads it) or put torchvision's files there"
-        )
-    return None
-
-
-class DataError(ValueError):
-    """A data set cannot be loaded or does not fit; the message names the problem and the fix."""
-
-
-class Batch(NamedTuple):
-    """One batch: rows ``x``, labels ``y`` (or None), their dataset indices ``idx``, set size."""
-
-    x: torch.Tensor
-    y: torch.Tensor | None
-    idx: torch.Tensor
-    size: int
-
-
-@dataclass
-class Split:
-    """One split of a data set: the whole of it as one tensor on one device."""
-
-    x: torch.Tensor
-    y: torch.Tensor | None = None
-    binarize: str | None = None  # None | "static" (already applied) | "dynamic"
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    @property
-    def device(self) -> torch.device:
-        return self.x.device
-
-    def to(self, device: torch.device | str) -> Split:
-        y = None if self.y is None else self.y.to(device)
-        return Split(self.x.to(device), y, self.binarize)
-
-    def batches(
-        self,
-        batch_size: int,
-        generator: torch.Generator | None = None,
-        shuffle: bool = True,
-        drop_last: bool = False,
-    ) -> Iterator[Batch]:
-        """Yield batches by index; ``generator`` (on the CPU) drives the order and binarization."""
-        n = len(self)
-        if shuffle:
-            order = torch.randperm(
-                n, generator=generator, device=_gen_device(generator, self.x)
-            ).to(self.device)
-        else:
-            order = torch.arange(n, device=self.device)
-        stop = n - n % batch_size if drop_last and n >= batch_size else n
-        for start in range(0, stop, batch_size):
-            idx = order[start : start + batch_size]
-            yield Batch(self.sample_x(idx, generator), self._y(idx), idx, n)
-
-    def sample_x(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Rows ``idx`` of x, with a fresh Bernoulli draw under dynamic binarization."""
-        x = self.x[idx]
-        if self.binarize == "dynamic":
-            u = torch.rand(x.shape, generator=generator, device=_gen_device(generator, x))
-            u = u.to(x.device)
-            x = (u < x).to(x.dtype)
-        return x
-
-    def _y(self, idx: torch.Tensor) -> torch.Tensor | None:
-        return None if self.y is None else self.y[idx]
-
-    def evaluation_x(self, seed: int = 0) -> torch.Tensor:
-        """The split for evaluation: dynamic binarization becomes a static draw with ``seed``."""
-        if self.binarize != "dynamic":
-            return self.x
-        g = torch.Generator().manual_seed(seed)
-        return (torch.rand(self.x.shape, generator=g).to(self.x.device) < self.x).to(self.x.dtype)
-
-
-@dataclass
-class Dataset:
-    """A named data set: train/valid/test splits, the shape of one item and its likelihood."""
-
-    name: str
-    train: Split
-    valid: Split
-    test: Split
-    shape: tuple[int, ...]
-    likelihood: str  # "bernoulli" for binary data, "normal" for continuous
-    num_classes: int = 0
-    info: dict = field(default_factory=dict)
-
-    @property
-    def dim(self) -> int:
-        return math.prod(self.shape)
-
-    def to(self, device: torch.device | str) -> Dataset:
-        return Dataset(
-            self.name,
-            self.train.to(device),
-            self.valid.to(device),
-            self.test.to(device),
-            self.shape,
-            self.likelihood,
-            self.num_classes,
-            self.info,
-        )
-
-
-def data_plate(x: torch.Tensor, idx: torch.Tensor | None = None, size: int | None = None):
-    """``pyro.plate("data", ...)`` over the rows of ``x``.
-
-    With ``idx`` (dataset indices of the rows) and ``size`` (rows in the full set) the plate
-    subsamples, so log-densities inside it are scaled by ``size / len(idx)``; without them the
-    rows are the whole set. The plate lives on ``x.device``.
-    """
-    if idx is None:
-        return pyro.plate("data", x.shape[0], device=x.device)
-    return pyro.plate(
-        "data", size if size is not None else x.shape[0], subsample=idx, device=x.device
-    )
 
 
 def load(
@@ -232,13 +44,11 @@ def load(
     ``n`` sets the number of points of synthetic sets. ``root`` is torchvision's data folder.
     Sentences (``"wordnet"``, or a file with one sentence per line and ``text=True``) become
     padded token ids with a vocabulary of ``vocab_size`` and at most ``max_len`` words
-    (:mod:`pyro_vi.corpus`; ``root`` is WordNet's folder).
+    (:mod:`pyro_vi.data.corpus`; ``root`` is WordNet's folder).
     """
     if binarize not in (None, "static", "dynamic"):
         raise DataError(f"binarize={binarize!r} is not known: use None, 'static' or 'dynamic'")
     if name == "wordnet" or text:
-        from .corpus import load_corpus  # token ids, not float rows
-
         if binarize is not None:
             raise DataError(f"{name}: sentences cannot be binarized; drop binarize")
         return load_corpus(name, vocab_size=vocab_size, max_len=max_len, seed=seed,
@@ -322,15 +132,6 @@ def _torchvision(cls_name: str, root: Path):
     te = cls(str(root), train=False, download=False)
     f = lambda d: (d.data.numpy().reshape(len(d.data), -1) / 255.0, d.targets.numpy())  # noqa: E731
     return f(tr), f(te), (28, 28), {}
-
-
-def _cache_root(root) -> Path:
-    if root is not None:
-        return Path(root)
-    base = os.environ.get("PYRO_VI_DATA") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "pyro_vi"
-    )
-    return Path(base)
 
 
 def _fashion_mnist(rng, root=None):
@@ -423,8 +224,3 @@ def _iris_petal(rng, root=None):
     rows, species = d.data[perm][:, [1, 2]], d.target[perm]
     info = {"x_dim": 1, "y_dim": 1, "columns": ["sepal width (cm)", "petal length (cm)"]}
     return (rows[30:], species[30:]), (rows[:30], species[:30]), (2,), info
-
-
-def _gen_device(generator: torch.Generator | None, x: torch.Tensor) -> torch.device:
-    """Draw on the generator's device (the data's device when there is no generator)."""
-    return x.device if generator is None else generator.device

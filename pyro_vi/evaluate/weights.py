@@ -9,8 +9,8 @@ draws :math:`z^{(s)} \sim q(z \mid x)`, :math:`s = 1..S`,
 split into a global part :math:`g` (sites outside the plate ``"data"``) and one term per datapoint
 :math:`\ell_i` (sites inside it). :func:`pyro_vi.elbo`, :func:`pyro_vi.log_marginal`,
 :func:`pyro_vi.psis_khat`, PSIS-LOO and :func:`pyro_vi.to_inference_data` (through
-:func:`pyro_vi.diagnostics.draw`) and data-parallel validation
-(:meth:`pyro_vi.distributed.DataParallel.mean_elbo`) all take them from :func:`score_chunks`:
+:func:`pyro_vi.diagnostics.importance.draw`) and data-parallel validation
+(:meth:`pyro_vi.infer.distributed.DataParallel.mean_elbo`) all take them from :func:`score_chunks`:
 
 - **one particle plate**, :data:`PARTICLES`, at dim ``-(nesting + 1)`` left of the model's
   plates, so S draws run as one vectorized trace per chunk;
