@@ -381,8 +381,10 @@ def _save(path: Path, svi: SVI, result: FitResult, epoch: int, step: int, gen, s
         ddp.barrier()  # returns once rank 0 has written the checkpoint
 
 
-def _resume(path: Path, svi: SVI, result: FitResult, gen, stopping, ddp) -> tuple[int, int]:
+def _resume(path: Path | None, svi: SVI, result: FitResult, gen, stopping, ddp) -> tuple[int, int]:
     """Restore a checkpoint written by :func:`_save`; the epoch and step it ends at."""
+    if path is None:
+        raise CheckpointError("nothing to resume: pass checkpoint_dir with resume=True")
     if not path.is_file():
         raise CheckpointError(f"nothing to resume: no {CHECKPOINT} in {path.parent}")
     # on the CPU: parameters and optimizer moments are copied to their tensors' device, while
@@ -400,78 +402,47 @@ def _resume(path: Path, svi: SVI, result: FitResult, gen, stopping, ddp) -> tupl
 
 
 def fit(
-    model: Callable,
-    guide: Callable,
-    data: Dataset | Split | torch.Tensor,
-    *,
-    epochs: int = 10,
-    batch_size: int = 128,
-    loss: str | pyro.infer.ELBO = "elbo",
-    num_particles: int = 1,
-    vectorize_particles: bool = True,
-    jit: bool = False,
-    max_plate_nesting: int | None = None,
-    optimizer: str | Callable = "adam",
-    lr: float = 1e-3,
-    lr_decay: float = 1.0,
-    betas: tuple[float, float] = (0.9, 0.999),
-    clip_norm: float = 10.0,
-    anneal_epochs: int = 0,
-    anneal_start: float = 0.01,
-    valid: Split | torch.Tensor | None = None,
-    valid_particles: int = 1,
-    early_stopping: int | None = None,
-    device: str | torch.device = "auto",
-    seed: int = 0,
-    progress: bool | None = None,
-    validate: bool | str = "first",
-    checkpoint_dir: str | Path | None = None,
-    checkpoint_every: int = 1,
-    resume: bool = False,
-    distributed: bool = False,
-    capture: bool | str = "auto",
-    run_info: dict | None = None,
+    model: Callable, guide: Callable, data: Dataset | Split | torch.Tensor, *,
+    epochs: int = 10, batch_size: int = 128, seed: int = 0, device: str | torch.device = "auto",
+    loss: str | pyro.infer.ELBO = "elbo", num_particles: int = 1,
+    vectorize_particles: bool = True, jit: bool = False, max_plate_nesting: int | None = None,
+    optimizer: str | Callable = "adam", lr: float = 1e-3, lr_decay: float = 1.0,
+    betas: tuple[float, float] = (0.9, 0.999), clip_norm: float = 10.0,
+    anneal_epochs: int = 0, anneal_start: float = 0.01,
+    valid: Split | torch.Tensor | None = None, valid_particles: int = 1,
+    early_stopping: int | None = None, progress: bool | None = None,
+    validate: bool | str = "first", capture: bool | str = "auto",
+    checkpoint_dir: str | Path | None = None, checkpoint_every: int = 1, resume: bool = False,
+    distributed: bool = False, run_info: dict | None = None,
     callback: Callable[[dict], None] | None = None,
-) -> FitResult:
+) -> FitResult:  # fmt: skip
     """Fit ``model``/``guide`` to ``data`` by SVI and return a :class:`FitResult`.
 
-    A short loop over public parts, each usable alone: the step is :class:`pyro_vi.SVI` (with
-    a torch optimizer from :func:`optimizer_factory`), the learning rate and KL weight come from
-    :class:`pyro_vi.infer.schedule.Schedule`, validation, early stopping and the progress bar are
-    callbacks (:mod:`pyro_vi.infer.callbacks`), and parameters come back from checkpoints by
-    :func:`pyro_vi.infer.checkpoint.restore_params`, as for :func:`pyro_vi.cli.runs.load_run`.
+    A short loop over public parts, each usable alone: the step :class:`pyro_vi.SVI`, the
+    :class:`~pyro_vi.infer.schedule.Schedule`, the callbacks of :mod:`pyro_vi.infer.callbacks`
+    and :func:`~pyro_vi.infer.checkpoint.restore_params` (shared with run loading).
 
     Args:
-        data: a :class:`~pyro_vi.data.Dataset` (its train split is fitted, its valid split
-            monitored), a :class:`~pyro_vi.data.Split` or a tensor whose rows are datapoints.
-        loss: a name in :data:`LOSSES` or a Pyro ELBO instance; ``num_particles`` particles,
-            vectorized by default; ``jit`` picks Pyro's JIT variant.
-        optimizer: ``"adam"``, ``"clippedadam"`` (gradient clipping at ``clip_norm``), ``"sgd"``,
-            a factory ``params -> torch.optim.Optimizer`` (the learning rate of epoch ``e`` is
-            then ``lr * lr_decay**e``) or a ``pyro.optim`` optimizer (its own learning rate and
-            schedule).
+        data: a :class:`~pyro_vi.data.Dataset` (train split fitted, valid split monitored), a
+            :class:`~pyro_vi.data.Split` or a tensor whose rows are datapoints.
+        loss: a name in :data:`LOSSES` or a Pyro ELBO; ``num_particles`` particles (vectorized
+            unless ``vectorize_particles=False``); ``jit`` picks Pyro's JIT variant.
+        optimizer: ``"adam"``, ``"clippedadam"`` (clipped at ``clip_norm``), ``"sgd"``, a factory
+            ``params -> torch.optim.Optimizer`` (learning rate ``lr * lr_decay**epoch``) or a
+            ``pyro.optim`` optimizer (its own rate and schedule).
         anneal_epochs: epochs of linear KL warm-up from ``anneal_start`` (> 0) to 1.
-        valid: split monitored each epoch (per-datapoint ELBO); ``early_stopping`` = patience
-            in epochs, after which the best parameters are restored.
-        device: ``"cpu"``, ``"cuda"`` or ``"auto"``; data and the model's module move there once.
+        valid: split whose per-datapoint ELBO is monitored each epoch; ``early_stopping`` is the
+            patience in epochs, after which the best parameters are restored.
         seed: one seed for Pyro, torch, numpy, Python and the batch order.
-        progress: tqdm bar (None: only on a terminal).
-        validate: Pyro's validation on every step (True), never (False) or the first step only.
+        validate: Pyro's validation on every step (True), never (False) or the first (``"first"``).
+        capture: replay steps from graphs captured per batch shape (:mod:`pyro_vi.infer.capture`):
+            True, False or ``"auto"`` (where timed first steps say it pays); see ``FitResult.step``.
         checkpoint_dir: write ``checkpoint.pt`` there every ``checkpoint_every`` epochs
-            (atomically); with ``resume=True`` continue from it (``epochs`` is the total).
-        distributed: data-parallel over the ranks a launcher (``torchrun``) started, see
-            :mod:`pyro_vi.infer.distributed`: ``batch_size`` is the global batch, each rank fits its
-            slice, gradients are all-reduced, only rank 0 writes checkpoints; True sets the
-            process group up, a :class:`~pyro_vi.infer.distributed.DataParallel` uses that one.
-        capture: replay each step from a graph captured once per batch shape (see
-            :mod:`pyro_vi.infer.capture`) where the objective allows it: True, False, or ``"auto"``
-            (where it pays: the first eager steps are timed and :class:`pyro_vi.infer.svi.Payoff`
-            weighs what capture would save over the remaining planned steps against what a
-            capture costs in this process); ``FitResult.step`` says which ran ("captured
-            (torchscript)", "captured (fx)" or "eager (reason)").
-        run_info: extra JSON-able data stored in checkpoints (e.g. the model's config).
-        callback: called with each epoch's record after validation; a true return value
-            stops the run after that epoch (see :mod:`pyro_vi.infer.callbacks`).
+            (atomically); ``resume=True`` continues from it (``epochs`` is the total).
+        distributed: data-parallel over the ranks a launcher started
+            (:mod:`pyro_vi.infer.distributed`); ``batch_size`` is the global batch.
+        run_info: JSON-able data stored in checkpoints; ``callback`` gets each epoch's record
+            and stops the run by returning a true value.
     """
     _check_options(
         epochs, batch_size, lr, anneal_start, num_particles, capture, optimizer, lr_decay
@@ -487,65 +458,41 @@ def fit(
     nesting = _probe(model, guide, train, batch_size, kwargs_of, max_plate_nesting)
     elbo = make_loss(loss, num_particles, vectorize_particles, jit, nesting)
     steps_per_epoch = math.ceil(len(train) / batch_size)
-    factory = optimizer_factory(optimizer, lr, betas, clip_norm)
-    svi = SVI(model, guide, factory, elbo, capture=capture)
+    svi = SVI(
+        model, guide, optimizer_factory(optimizer, lr, betas, clip_norm), elbo, capture=capture
+    )
     schedule = Schedule(lr, lr_decay, anneal_epochs * steps_per_epoch, anneal_start)
-    result = FitResult(device=str(device), config=dict(
-        epochs=epochs, batch_size=batch_size, loss=loss if isinstance(loss, str) else repr(loss),
-        num_particles=num_particles,
-        optimizer=optimizer if isinstance(optimizer, str) else "factory",
-        lr=lr, lr_decay=lr_decay, anneal_epochs=anneal_epochs, anneal_start=anneal_start,
-        seed=seed, device=str(device), capture=capture,
-        **({} if ddp is None else {"world_size": ddp.world_size}),
-    ))  # fmt: skip
+    result = FitResult(device=str(device), config=_config(
+        epochs, batch_size, loss, num_particles, optimizer, lr, lr_decay, anneal_epochs,
+        anneal_start, seed, device, capture, ddp))  # fmt: skip
     stopping = EarlyStopping(early_stopping) if valid is not None else None
     callbacks = [] if valid is None else [Validation(
         model, guide, valid, num_particles=valid_particles, nesting=nesting, seed=seed,
-        pass_y=pass_y,
-        mean_elbo=None if ddp is None else ddp.mean_elbo,
+        pass_y=pass_y, mean_elbo=None if ddp is None else ddp.mean_elbo,
     ), stopping]  # fmt: skip
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     pyro.set_rng_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     start, step = 0, 0
     if resume:
-        if ckpt is None:
-            raise CheckpointError("nothing to resume: pass checkpoint_dir with resume=True")
         start, step = _resume(ckpt, svi, result, gen, stopping, ddp)
     svi.planned_steps = (epochs - start) * steps_per_epoch
     if ddp is not None:  # every rank starts from rank 0's parameters
         ddp.broadcast_parameters(model, guide)
     quiet = ddp is not None and not ddp.is_writer
-    bar = ProgressBar(
-        epochs, start, disable=True if quiet else None if progress is None else not progress
-    )
+    bar = ProgressBar(epochs, start, disable=quiet or (None if progress is None else not progress))
     callbacks += [bar] + ([callback] if callback is not None else [])
+    save = ckpt and functools.partial(
+        _save, ckpt, svi, result, gen=gen, stopping=stopping, ddp=ddp, run_info=run_info
+    )
     t_run = time.perf_counter()
     try:
-        for epoch in range(start, epochs):
-            t0 = time.perf_counter()
-            if svi.optimizers is not None:  # a pyro.optim optimizer keeps its own schedule
-                svi.optimizers.set_lr(schedule.lr_at(epoch))
-            if ddp is not None:
-                ddp.seed_epoch(seed, epoch)
-            where = f"epoch {epoch + 1}", f" ({ckpt} is intact)" if ckpt else ""
-            total, step = _train_epoch(svi, train.batches(batch_size, generator=gen), schedule,
-                                       step, kwargs_of, ddp, owners, validate, where)  # fmt: skip
-            seconds = time.perf_counter() - t0
-            record = dict(
-                epoch=epoch + 1, train_elbo=-total / steps_per_epoch / len(train),
-                lr=schedule.lr_at(epoch), beta=svi.beta, seconds=seconds, steps=step,
-                steps_per_second=steps_per_epoch / seconds,
-            )  # fmt: skip
-            result.history.append(record)
-            stop = any([bool(cb(record)) for cb in callbacks])
-            if ckpt is not None and (
-                (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or stop
-            ):
-                _save(ckpt, svi, result, epoch + 1, step, gen, stopping, ddp, run_info)
-            if stop:
-                result.stopped_early = True
-                break
+        step = _epochs(
+            svi, train, schedule, result, callbacks, range(start, epochs), step, gen,
+            batch_size=batch_size, seed=seed, kwargs_of=kwargs_of, ddp=ddp, owners=owners,
+            validate=validate, save=save, checkpoint_every=checkpoint_every,
+            where=f" ({ckpt} is intact)" if ckpt else "",
+        )  # fmt: skip
     finally:
         bar.close()
     if stopping is not None and stopping.best is not None:
@@ -554,6 +501,52 @@ def fit(
     result.step = "eager" if capture is False else svi.mode
     result.steps, result.seconds = step, time.perf_counter() - t_run
     return result
+
+
+def _config(epochs, batch_size, loss, num_particles, optimizer, lr, lr_decay, anneal_epochs,
+            anneal_start, seed, device, capture, ddp) -> dict:  # fmt: skip
+    """The options of a fit as JSON-able data (``FitResult.config``, stored in checkpoints)."""
+    return dict(
+        epochs=epochs, batch_size=batch_size, loss=loss if isinstance(loss, str) else repr(loss),
+        num_particles=num_particles,
+        optimizer=optimizer if isinstance(optimizer, str) else "factory",
+        lr=lr, lr_decay=lr_decay, anneal_epochs=anneal_epochs, anneal_start=anneal_start,
+        seed=seed, device=str(device), capture=capture,
+        **({} if ddp is None else {"world_size": ddp.world_size}),
+    )  # fmt: skip
+
+
+def _epochs(svi, train, schedule, result, callbacks, epochs, step, gen, *, batch_size, seed,
+            kwargs_of, ddp, owners, validate, save, checkpoint_every, where) -> int:  # fmt: skip
+    """Run ``epochs`` (a range) of :func:`fit`: the schedule's learning rate, one pass over the
+    batches, the epoch's record to ``result.history`` and the callbacks (a true return value
+    stops), a checkpoint every ``checkpoint_every`` epochs, at the last and at a stop (``save``).
+    Returns the step count."""
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    for epoch in epochs:
+        t0 = time.perf_counter()
+        if svi.optimizers is not None:  # a pyro.optim optimizer keeps its own schedule
+            svi.optimizers.set_lr(schedule.lr_at(epoch))
+        if ddp is not None:
+            ddp.seed_epoch(seed, epoch)
+        total, step = _train_epoch(svi, train.batches(batch_size, generator=gen), schedule,
+                                   step, kwargs_of, ddp, owners, validate,
+                                   (f"epoch {epoch + 1}", where))  # fmt: skip
+        seconds = time.perf_counter() - t0
+        record = dict(
+            epoch=epoch + 1, train_elbo=-total / steps_per_epoch / len(train),
+            lr=schedule.lr_at(epoch), beta=svi.beta, seconds=seconds, steps=step,
+            steps_per_second=steps_per_epoch / seconds,
+        )  # fmt: skip
+        result.history.append(record)
+        stop = any([bool(cb(record)) for cb in callbacks])
+        last = epoch + 1 == epochs.stop
+        if save is not None and ((epoch + 1) % checkpoint_every == 0 or last or stop):
+            save(epoch + 1, step)
+        if stop:
+            result.stopped_early = True
+            break
+    return step
 
 
 def _data_parallel(distributed, device) -> DataParallel | None:
