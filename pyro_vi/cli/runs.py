@@ -26,9 +26,10 @@ from pyro_vi import __version__
 from pyro_vi.atomic import atomic_open
 from pyro_vi.data import IMAGE_SETS, Dataset, load
 from pyro_vi.evaluate.bounds import elbo, log_marginal, max_plate_nesting
+from pyro_vi.infer.calling import Calling
 from pyro_vi.infer.checkpoint import load_checkpoint, restore_params
 from pyro_vi.infer.distributed import setup as setup_distributed
-from pyro_vi.infer.training import CHECKPOINT, FitError, _takes_y, check_finite, fit, resolve_device
+from pyro_vi.infer.training import CHECKPOINT, FitError, check_finite, fit, resolve_device
 from pyro_vi.protocol import Density, Images, Item, Model, Scatter, Text, registered
 from pyro_vi.protocol import options as model_options
 
@@ -85,9 +86,7 @@ def model_inputs(model_obj, split, seed: int = 0, rows: int | None = None):
     """``(args, kwargs)`` to call a model/guide pair on a split: x, plus ``y=`` labels when the
     model's signature takes them (a fixed binarization of dynamic splits)."""
     x = split.evaluation_x(seed)
-    kw = {}
-    if split.y is not None and _takes_y(model_obj.model):
-        kw["y"] = split.y
+    kw = Calling.of(model_obj.model, split.fields, labels=split.y is not None).whole(split)
     if rows is not None:
         x, kw = x[:rows], {k: v[:rows] for k, v in kw.items()}
     return (x,), kw

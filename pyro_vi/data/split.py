@@ -18,8 +18,9 @@ Binarization: ``"static"`` draws x ~ Bernoulli(pixel intensity) once with a fixe
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import NamedTuple
 
 import pyro
@@ -31,21 +32,37 @@ class DataError(ValueError):
 
 
 class Batch(NamedTuple):
-    """One batch: rows ``x``, labels ``y`` (or None), their dataset indices ``idx``, set size."""
+    """One batch: rows ``x``, labels ``y`` (or None), their dataset indices ``idx``, set size,
+    and the rows of the split's other per-datapoint ``fields``."""
 
     x: torch.Tensor
     y: torch.Tensor | None
     idx: torch.Tensor
     size: int
+    fields: Mapping[str, torch.Tensor] = MappingProxyType({})
 
 
 @dataclass
 class Split:
-    """One split of a data set: the whole of it as one tensor on one device."""
+    """One split of a data set: the whole of it as one tensor on one device. ``fields`` are
+    further per-datapoint tensors (one row per row of ``x``) that a model takes as keywords
+    (``model(x, mask=None, ...)``); they are batched with ``x``."""
 
     x: torch.Tensor
     y: torch.Tensor | None = None
     binarize: str | None = None  # None | "static" (already applied) | "dynamic"
+    fields: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, value in {"y": self.y, **self.fields}.items():
+            if value is not None and (
+                not torch.is_tensor(value) or value.shape[:1] != self.x.shape[:1]
+            ):
+                rows = tuple(value.shape[:1]) if torch.is_tensor(value) else type(value).__name__
+                raise DataError(
+                    f"{name} has {rows} rows for {len(self.x)} rows of x: pass one row per "
+                    "datapoint (a constant goes into the model by functools.partial)"
+                )
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -56,7 +73,8 @@ class Split:
 
     def to(self, device: torch.device | str) -> Split:
         y = None if self.y is None else self.y.to(device)
-        return Split(self.x.to(device), y, self.binarize)
+        fields = {k: v.to(device) for k, v in self.fields.items()}
+        return Split(self.x.to(device), y, self.binarize, fields)
 
     def batches(
         self,
@@ -76,7 +94,12 @@ class Split:
         stop = n - n % batch_size if drop_last and n >= batch_size else n
         for start in range(0, stop, batch_size):
             idx = order[start : start + batch_size]
-            yield Batch(self.sample_x(idx, generator), self._y(idx), idx, n)
+            yield self.batch(idx, generator)
+
+    def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> Batch:
+        """The rows ``idx`` as a :class:`Batch` (x drawn by :meth:`sample_x`)."""
+        fields = {k: v[idx] for k, v in self.fields.items()}
+        return Batch(self.sample_x(idx, generator), self._y(idx), idx, len(self), fields)
 
     def sample_x(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Rows ``idx`` of x, with a fresh Bernoulli draw under dynamic binarization."""
@@ -128,12 +151,16 @@ class Dataset:
         )
 
 
-def data_plate(x: torch.Tensor, idx: torch.Tensor | None = None, size: int | None = None):
+def data_plate(
+    x: torch.Tensor, idx: torch.Tensor | None = None, size: int | None = None, **_: object
+):
     """``pyro.plate("data", ...)`` over the rows of ``x``.
 
     With ``idx`` (dataset indices of the rows) and ``size`` (rows in the full set) the plate
     subsamples, so log-densities inside it are scaled by ``size / len(idx)``; without them the
-    rows are the whole set. The plate lives on ``x.device``.
+    rows are the whole set. The plate lives on ``x.device``. Other keywords (``y=``, ...) are
+    ignored, so that it serves as an autoguide's ``create_plates``:
+    ``AutoNormal(model, create_plates=data_plate)``.
     """
     if idx is None:
         return pyro.plate("data", x.shape[0], device=x.device)

@@ -52,6 +52,7 @@ def elbo(
     num_particles: int = 1,
     chunk_size: int | None = None,
     nesting: int | None = None,
+    vectorize: bool | None = None,
     **kwargs,
 ) -> torch.Tensor:
     """Per-datapoint ELBO estimate, shape (N,), averaged over ``num_particles`` particles.
@@ -60,13 +61,15 @@ def elbo(
     non-reparameterizable sites). Global terms enter as ``term / N`` per datapoint, N the data
     set's size: the data plate's full size (``size=`` when the rows are a subsample, ``idx=``,
     ``size=``), else the rows given; so the values of all rows, or of all batches of an epoch,
-    sum to the full-data ELBO.
+    sum to the full-data ELBO. Particles are vectorized where the model allows it (else drawn
+    one at a time, with a warning naming the fix); ``vectorize=False`` draws one at a time.
     """
     if num_particles < 1:
         raise EvaluationError(f"num_particles={num_particles}: use at least 1")
     local, global_, size = summed_log_weights(
-        model, guide, args, kwargs, num_particles, chunk_size=chunk_size, nesting=nesting
-    )
+        model, guide, args, kwargs, num_particles, chunk_size=chunk_size, nesting=nesting,
+        vectorize=vectorize,
+    )  # fmt: skip
     return (local + global_ / size) / num_particles
 
 

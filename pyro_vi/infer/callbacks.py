@@ -34,7 +34,8 @@ __all__ = ["Validation", "EarlyStopping", "ProgressBar"]
 class Validation:
     """Adds ``record["valid_elbo"]``: the mean per-datapoint ELBO of a held-out split
     (:func:`pyro_vi.elbo` with ``num_particles`` particles, on the split's fixed evaluation
-    binarization ``split.evaluation_x(seed)``; labels passed as ``y=`` when ``pass_y``).
+    binarization ``split.evaluation_x(seed)``; ``kwargs`` go into each call, e.g. the split's
+    labels ``{"y": split.y}``, which ``pass_y=True`` passes).
     ``mean_elbo`` replaces the estimator, e.g. by the data-parallel
     :meth:`pyro_vi.infer.distributed.DataParallel.mean_elbo`."""
 
@@ -48,6 +49,7 @@ class Validation:
         nesting: int | None = None,
         seed: int = 0,
         pass_y: bool = False,
+        kwargs: dict | None = None,
         mean_elbo: Callable | None = None,
     ):
         from pyro_vi.evaluate.bounds import elbo
@@ -55,6 +57,7 @@ class Validation:
         self.model, self.guide, self.split = model, guide, split
         self.num_particles, self.nesting, self.seed = num_particles, nesting, seed
         self.kwargs = {"y": split.y} if pass_y else {}
+        self.kwargs.update(kwargs or {})
         self.estimator = mean_elbo or elbo
 
     def __call__(self, record: dict) -> None:

@@ -201,7 +201,8 @@ class DataParallel:
             start, stop = 0, 1
         s = slice(start, stop)
         y = None if batch.y is None else batch.y[s]
-        return Batch(batch.x[s], y, batch.idx[s], batch.size), weight
+        fields = {k: v[s] for k, v in batch.fields.items()}
+        return Batch(batch.x[s], y, batch.idx[s], batch.size, fields), weight
 
     def seed_epoch(self, seed: int, epoch: int) -> None:
         """Seed Pyro, torch, numpy and Python for this rank's Monte-Carlo noise in ``epoch``."""

@@ -30,10 +30,8 @@ the timed eager steps say it pays; ``FitResult.step`` tells which ran).
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -47,8 +45,8 @@ import torch
 
 from pyro_vi.atomic import remove_partial
 from pyro_vi.data import Dataset, Split
-from pyro_vi.evaluate.bounds import plate_nesting_of, trace_pair
 from pyro_vi.infer.callbacks import EarlyStopping, ProgressBar, Validation
+from pyro_vi.infer.calling import Calling, Plan, plan
 from pyro_vi.infer.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -180,7 +178,9 @@ def stale_modules() -> Iterator[list[str]]:
 
 
 def _module_of(fn) -> torch.nn.Module | None:
-    owner = getattr(fn, "__self__", None)
+    """The torch module a model or guide is, or whose method it is (through a partial)."""
+    fn = fn.func if isinstance(fn, functools.partial) else fn
+    owner = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
     return owner if isinstance(owner, torch.nn.Module) else None
 
 
@@ -215,39 +215,11 @@ def _unregistered(owners, svi: SVI, args, kwargs) -> str | None:
     )
 
 
-def _unscaled_batch(mt, batch) -> str | None:
-    """A warning if no observed site of the model trace ``mt`` of ``batch`` is scaled up from the
-    batch to the data set.
-
-    With ``B < N`` rows per batch, :func:`pyro_vi.data.data_plate` (a subsampled plate) scales the
-    batch's log-likelihood by N/B, so the ELBO and its gradients estimate the full-data ones. A
-    model whose observed sites all keep scale 1 has another objective (global latents then see
-    the batch as the whole data set)."""
-    scales = [
-        site["scale"]
-        for site in mt.nodes.values()
-        if site["type"] == "sample" and site["is_observed"]
-    ]
-    if scales and all(float(torch.as_tensor(sc).max()) == 1.0 for sc in scales):
-        return (
-            f"the model's observations in a batch of {len(batch.x)} rows are not scaled to the "
-            f"{batch.size} rows of the data set, so fit optimizes a batch's ELBO, not the data "
-            "set's: put them in pyro_vi.data.data_plate(x, idx, size) (or pyro.plate('data', "
-            "size, subsample=idx))"
-        )
-    return None
-
-
-def _takes_y(fn) -> bool:
-    try:
-        return "y" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _splits(data, valid, device) -> tuple[Split, Split | None]:
-    """The training split and the monitored one, on ``device``, checked to be finite."""
-    train, valid_default = _as_split(data, device)
+def _splits(data, valid, device, y=None, fields=None, model=None) -> tuple[Split, Split | None]:
+    """The training split (with labels ``y`` and per-datapoint ``fields`` where given, which
+    ``model`` must take) and the monitored one, on ``device``, checked to be finite."""
+    Calling.of(model, fields or {})  # a misspelt option of fit is no keyword of the model
+    train, valid_default = _as_split(data, device, y, fields or {})
     valid = valid_default if valid is None else _as_split(valid, device)[0]
     check_finite(train, "training")
     if valid is not None:
@@ -255,14 +227,33 @@ def _splits(data, valid, device) -> tuple[Split, Split | None]:
     return train, valid
 
 
-def _as_split(data, device) -> tuple[Split, Split | None]:
+def _as_split(data, device, y=None, fields=None) -> tuple[Split, Split | None]:
     if isinstance(data, Dataset):
+        if y is not None or fields:
+            raise FitError("a Dataset brings its own labels: pass y= and data keywords with a "
+                           "tensor or Split of x")  # fmt: skip
         return data.train.to(device), data.valid.to(device)
     if isinstance(data, Split):
-        return data.to(device), None
+        if y is not None and data.y is not None:
+            raise FitError("labels twice: the Split has y already; drop fit's y= or the Split's")
+        y = data.y if y is None else y
+        return Split(data.x, y, data.binarize, {**data.fields, **(fields or {})}).to(device), None
     if torch.is_tensor(data):
-        return Split(data.to(device)), None
+        return Split(data, y, fields=dict(fields or {})).to(device), None
     raise FitError(f"data of type {type(data).__name__}: pass a Dataset, a Split or a tensor")
+
+
+def _valid_kwargs(calling: Calling, valid: Split) -> dict:
+    """The keywords of the validation split's calls: the fields the training data pass."""
+    missing = [
+        k for k in calling.keywords if (valid.y if k == "y" else valid.fields.get(k)) is None
+    ]
+    if missing:
+        raise FitError(
+            f"the validation split has no {missing[0]!r}: pass valid as a Split with the same "
+            "fields as the training data"
+        )
+    return calling.whole(valid)
 
 
 def _check_options(epochs, batch_size, lr, anneal_start, num_particles, capture, optimizer,
@@ -308,16 +299,6 @@ def optimizer_factory(
     if name == "sgd":
         return functools.partial(torch.optim.SGD, lr=lr, momentum=0.9)
     raise FitError(f"unknown optimizer {name!r}: choose adam, clippedadam or sgd")
-
-
-def _probe(model, guide, train: Split, batch_size: int, kwargs_of, max_plate_nesting) -> int:
-    """The one trace of a first batch before training: it creates the params, tells the plate
-    nesting and warns if a batch's ELBO is not scaled to the data set."""
-    first = next(train.batches(min(batch_size, len(train)), shuffle=False))
-    gt, mt = trace_pair(model, guide, first.x, **kwargs_of(first))
-    if len(first.x) < len(train) and (problem := _unscaled_batch(mt, first)):
-        warnings.warn(problem, UserWarning, stacklevel=3)
-    return plate_nesting_of(gt, mt) if max_plate_nesting is None else max_plate_nesting
 
 
 def _first_step_problem(stale: list[str], owners, svi: SVI, args, kwargs) -> str | None:
@@ -414,7 +395,8 @@ def fit(
     validate: bool | str = "first", capture: bool | str = "auto",
     checkpoint_dir: str | Path | None = None, checkpoint_every: int = 1, resume: bool = False,
     distributed: bool = False, run_info: dict | None = None,
-    callback: Callable[[dict], None] | None = None,
+    callback: Callable[[dict], None] | None = None, y: torch.Tensor | None = None,
+    **fields: torch.Tensor,
 ) -> FitResult:  # fmt: skip
     """Fit ``model``/``guide`` to ``data`` by SVI and return a :class:`FitResult`.
 
@@ -449,26 +431,24 @@ def fit(
     )
     ddp = _data_parallel(distributed, device)
     device = resolve_device(device) if ddp is None else ddp.device
-    train, valid = _splits(data, valid, device)
+    train, valid = _splits(data, valid, device, y, fields, model)
     owners = {_module_of(model), _module_of(guide)} - {None}
     for owner in owners:
         owner.to(device)
-    pass_y = _takes_y(model) and train.y is not None
-    kwargs_of = functools.partial(_batch_kwargs, pass_y=pass_y)
-    nesting = _probe(model, guide, train, batch_size, kwargs_of, max_plate_nesting)
-    elbo = make_loss(loss, num_particles, vectorize_particles, jit, nesting)
-    steps_per_epoch = math.ceil(len(train) / batch_size)
+    p = plan(model, guide, train, batch_size, max_plate_nesting=max_plate_nesting,
+             distributed=ddp is not None)  # fmt: skip
+    elbo = make_loss(loss, num_particles, vectorize_particles, jit, p.nesting)
     svi = SVI(
         model, guide, optimizer_factory(optimizer, lr, betas, clip_norm), elbo, capture=capture
     )
-    schedule = Schedule(lr, lr_decay, anneal_epochs * steps_per_epoch, anneal_start)
+    schedule = Schedule(lr, lr_decay, anneal_epochs * p.steps_per_epoch, anneal_start)
     result = FitResult(device=str(device), config=_config(
         epochs, batch_size, loss, num_particles, optimizer, lr, lr_decay, anneal_epochs,
         anneal_start, seed, device, capture, ddp))  # fmt: skip
     stopping = EarlyStopping(early_stopping) if valid is not None else None
     callbacks = [] if valid is None else [Validation(
-        model, guide, valid, num_particles=valid_particles, nesting=nesting, seed=seed,
-        pass_y=pass_y, mean_elbo=None if ddp is None else ddp.mean_elbo,
+        model, guide, valid, num_particles=valid_particles, nesting=p.nesting, seed=seed,
+        kwargs=_valid_kwargs(p.calling, valid), mean_elbo=None if ddp is None else ddp.mean_elbo,
     ), stopping]  # fmt: skip
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     pyro.set_rng_seed(seed)
@@ -476,7 +456,7 @@ def fit(
     start, step = 0, 0
     if resume:
         start, step = _resume(ckpt, svi, result, gen, stopping, ddp)
-    svi.planned_steps = (epochs - start) * steps_per_epoch
+    svi.planned_steps = (epochs - start) * p.steps_per_epoch
     if ddp is not None:  # every rank starts from rank 0's parameters
         ddp.broadcast_parameters(model, guide)
     quiet = ddp is not None and not ddp.is_writer
@@ -488,8 +468,8 @@ def fit(
     t_run = time.perf_counter()
     try:
         step = _epochs(
-            svi, train, schedule, result, callbacks, range(start, epochs), step, gen,
-            batch_size=batch_size, seed=seed, kwargs_of=kwargs_of, ddp=ddp, owners=owners,
+            svi, p, len(train), schedule, result, callbacks, range(start, epochs), step, gen,
+            seed=seed, ddp=ddp, owners=owners,
             validate=validate, save=save, checkpoint_every=checkpoint_every,
             where=f" ({ckpt} is intact)" if ckpt else "",
         )  # fmt: skip
@@ -516,25 +496,25 @@ def _config(epochs, batch_size, loss, num_particles, optimizer, lr, lr_decay, an
     )  # fmt: skip
 
 
-def _epochs(svi, train, schedule, result, callbacks, epochs, step, gen, *, batch_size, seed,
-            kwargs_of, ddp, owners, validate, save, checkpoint_every, where) -> int:  # fmt: skip
+def _epochs(svi, p: Plan, n: int, schedule, result, callbacks, epochs, step, gen, *, seed, ddp,
+            owners, validate, save, checkpoint_every, where) -> int:  # fmt: skip
     """Run ``epochs`` (a range) of :func:`fit`: the schedule's learning rate, one pass over the
     batches, the epoch's record to ``result.history`` and the callbacks (a true return value
     stops), a checkpoint every ``checkpoint_every`` epochs, at the last and at a stop (``save``).
     Returns the step count."""
-    steps_per_epoch = math.ceil(len(train) / batch_size)
+    steps_per_epoch = p.steps_per_epoch
     for epoch in epochs:
         t0 = time.perf_counter()
         if svi.optimizers is not None:  # a pyro.optim optimizer keeps its own schedule
             svi.optimizers.set_lr(schedule.lr_at(epoch))
         if ddp is not None:
             ddp.seed_epoch(seed, epoch)
-        total, step = _train_epoch(svi, train.batches(batch_size, generator=gen), schedule,
-                                   step, kwargs_of, ddp, owners, validate,
+        total, step = _train_epoch(svi, p.batches(gen), schedule, step, p.calling.kwargs, ddp,
+                                   owners, validate,
                                    (f"epoch {epoch + 1}", where))  # fmt: skip
         seconds = time.perf_counter() - t0
         record = dict(
-            epoch=epoch + 1, train_elbo=-total / steps_per_epoch / len(train),
+            epoch=epoch + 1, train_elbo=-total / steps_per_epoch / n,
             lr=schedule.lr_at(epoch), beta=svi.beta, seconds=seconds, steps=step,
             steps_per_second=steps_per_epoch / seconds,
         )  # fmt: skip
@@ -554,10 +534,3 @@ def _data_parallel(distributed, device) -> DataParallel | None:
     if isinstance(distributed, DataParallel):
         return distributed
     return setup_distributed(resolve_device(device)) if distributed else None
-
-
-def _batch_kwargs(batch, pass_y: bool) -> dict:
-    kw = dict(idx=batch.idx, size=batch.size)
-    if pass_y:
-        kw["y"] = batch.y
-    return kw
