@@ -48,7 +48,7 @@ class Joint(nn.Module):
 
 @register("hvae")
 class HVAE(VAE):
-    """z2 -> z1 -> x with q(z2 | x) q(z1 | x, z2); see the module docstring."""
+    """Two-stochastic-layer VAE, z2 -> z1 -> x with q(z2 | x) q(z1 | x, z2); see the module."""
 
     def __init__(
         self,

@@ -210,6 +210,17 @@ def test_help_for_each_command(capsys):
     assert "--resume" in capsys.readouterr().out
 
 
+def test_fit_help_lists_every_registered_model_with_one_line(capsys):
+    from pyro_vi.protocol import registered
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    listing = capsys.readouterr().out.split("models (pyro-vi fit MODEL) and their flags:")[1]
+    for name in registered():
+        assert f"\n  {name:10s} " in listing
+    assert "vae        Bernoulli or Gaussian VAE with an MLP encoder and decoder\n" in listing
+
+
 def test_resume_on_another_device_type_is_refused(run_dir, tmp_path, capsys):
     d = _copy_run(run_dir, tmp_path)
     state = torch.load(d / "checkpoint.pt", weights_only=True)

@@ -203,12 +203,23 @@ def _models_epilog(registry: dict) -> str | None:
         return None
     import textwrap
 
-    lines = ["models and their flags:"]
+    lines = ["models (pyro-vi fit MODEL) and their flags:"]
     for model in sorted(registry):
+        lines += textwrap.wrap(_summary(registry[model]), 78, initial_indent=f"  {model:10s} ",
+                               subsequent_indent=" " * 13)  # fmt: skip
         flags = [_flag(o.name) for o in options(registry[model]).values() if o.flag]
-        lines += textwrap.wrap(" ".join(flags) or "(none)", 78, initial_indent=f"  {model:10s} ",
+        lines += textwrap.wrap(" ".join(flags) or "(none)", 78, initial_indent=" " * 13,
                                subsequent_indent=" " * 13, break_on_hyphens=False)  # fmt: skip
     return "\n".join(lines)
+
+
+def _summary(cls: type) -> str:
+    """The first clause of a model class's docstring, without reST roles."""
+    import re
+
+    first = " ".join((cls.__doc__ or cls.__name__).strip().split("\n\n")[0].split())
+    first = re.sub(r":\w+:`~?([^`]+)`", r"\1", first).split(";")[0].split(". ")[0]
+    return first.rstrip(".")
 
 
 def _given_options(a) -> dict:
