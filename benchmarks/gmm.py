@@ -34,7 +34,7 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import train_test_split
 
-from pyro_vi.models.gmm import GMM
+from pyro_vi.models import GMM
 
 
 def synthetic(n: int, k: int = 10, d: int = 10, seed: int = 0):

@@ -337,12 +337,3 @@ def loss_for(kind: str) -> pyro.infer.ELBO:
     if kind not in GUIDES:
         raise GMMError(f"guide kind {kind!r} is not known: use one of {GUIDES}")
     return TraceGraph_ELBO() if kind == "score" else TraceEnum_ELBO(max_plate_nesting=1)
-
-
-def __getattr__(name: str):
-    """``from pyro_vi.models.gmm import GMM`` (the estimator's former home) keeps working."""
-    if name in ("GMM", "METHODS"):
-        from . import gmm_estimator
-
-        return getattr(gmm_estimator, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -357,9 +357,3 @@ def test_each_guide_is_a_plain_pyro_callable_that_fits_as_the_estimator_does(kin
     torch.testing.assert_close(est.means_, locs[order], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(est.covariances_, cov[order], rtol=1e-5, atol=1e-6)
     assert est.objective_ == pytest.approx(model.objective(x, values), rel=1e-6)
-
-
-def test_the_estimator_keeps_its_former_import_path():
-    import pyro_vi.models.gmm as pair
-
-    assert pair.GMM is GMM and "svi" in pair.METHODS
