@@ -151,6 +151,7 @@ def test_a_pyro_module_with_labels_trains_as_pyro_svi_does(bnn_data):
     svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), Trace_ELBO())
     theirs = [svi.step(x, y) for _ in range(steps)]
     assert ours == pytest.approx(theirs, rel=1e-5)
+    assert result.step == "eager"
     assert set(guide.median()) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
 
     with pytest.warns(UserWarning, match="vectorized draws failed"):  # Linear takes 2-D weights
@@ -197,3 +198,47 @@ def test_the_signature_is_read_through_modules_partials_and_methods():
     assert Split(torch.zeros(3, 2), fields={"m": torch.ones(3)}).batch(torch.tensor([2])).fields[
         "m"
     ].shape == (1,)
+
+
+def test_a_model_that_subsamples_itself_is_evaluated_on_every_row(ppca_data):
+    """elbo conditions the model's own plate on consecutive chunks of its subsample size: every
+    row gets a value, and their sum agrees with Pyro's Trace_ELBO of the full data (which draws
+    its 50 rows and scales by 200/50) within the Monte-Carlo error of both."""
+    guide = AutoNormal(ppca)
+    pyro_vi.fit(ppca, guide, ppca_data, epochs=100, lr=0.02, progress=False)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # x[i] under the particle plate: drawn one at a time
+        ours = torch.tensor([float(pyro_vi.elbo(ppca, guide, ppca_data, num_particles=10).sum())
+                             for _ in range(6)])  # fmt: skip
+        theirs = torch.tensor([-Trace_ELBO().loss(ppca, guide, ppca_data) for _ in range(200)])
+    assert pyro_vi.elbo(ppca, guide, ppca_data, vectorize=False).shape == (N,)
+    se = (ours.var() / len(ours) + theirs.var() / len(theirs)).sqrt()
+    assert abs(float(ours.mean() - theirs.mean())) < 4 * float(se)
+    with pytest.raises(ValueError, match="draws its own 50 of 200 rows"):
+        pyro_vi.psis_khat(ppca, guide, ppca_data, num_samples=50, vectorize=False)
+
+
+def test_a_point_mass_guide_has_no_khat(ppca_data):
+    """AutoDelta's weights are constant because q is a point mass, not because q is exact: k-hat
+    is undefined and says so instead of reporting an exact guide's -inf."""
+    guide = AutoDelta(ppca_indexed)
+    pyro_vi.fit(ppca_indexed, guide, ppca_data, epochs=5, batch_size=50, progress=False)
+    with pytest.raises(ValueError, match="'z' is a point mass"):
+        pyro_vi.psis_khat(ppca_indexed, guide, ppca_data, num_samples=50)
+
+
+def test_a_pyro_module_with_pyro_sample_priors_runs_on_captured_steps(bnn_data):
+    """PyroSample priors built while validation was on keep checking their samples, a
+    data-dependent branch a graph capture cannot hold: the capture skips it (the eager first
+    step validated), and the captured steps give the eager losses."""
+    x, y = bnn_data
+    runs = {}
+    for capture in (False, True):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        model = BNN()
+        runs[capture] = pyro_vi.fit(model, AutoNormal(model), x, y=y, epochs=30, batch_size=100,
+                                    lr=0.02, capture=capture, progress=False)  # fmt: skip
+    assert runs[True].step.startswith("captured")
+    eager, captured = ([r["train_elbo"] for r in runs[c].history] for c in (False, True))
+    assert captured == pytest.approx(eager, rel=1e-5)

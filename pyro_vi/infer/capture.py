@@ -54,8 +54,9 @@ _PLAIN = (bool, int, float, str, type(None))
 @contextmanager
 def traceable_pyro():
     """Let ``make_fx`` trace Pyro's ELBOs: ``torch_item`` keeps tensors (detached) instead of
-    reading Python numbers, and ``warn_if_nan`` (a data-dependent check) is skipped; the caller
-    checks the loss it gets back."""
+    reading Python numbers, and ``warn_if_nan`` and the support check of a distribution built
+    while validation was on (e.g. a ``PyroSample`` prior; data-dependent checks) are skipped;
+    the caller checks the loss it gets back, and the eager first step validated."""
     originals = {"torch_item": pyro.infer.util.torch_item, "warn_if_nan": pyro.util.warn_if_nan}
     replacements = {
         "torch_item": lambda x: x.detach() if torch.is_tensor(x) else x,
@@ -69,6 +70,9 @@ def traceable_pyro():
             if getattr(module, attr, None) is fn:
                 setattr(module, attr, replacements[attr])
                 patched.append((module, attr, fn))
+    dist = torch.distributions.Distribution
+    patched.append((dist, "_validate_sample", dist._validate_sample))
+    dist._validate_sample = lambda self, value: None
     try:
         yield
     finally:
