@@ -17,7 +17,7 @@ def _check(model, guide, x, pointwise: bool):
         warnings.simplefilter("ignore")
         idata = pyro_vi.to_inference_data(model, guide, x, num_samples=40)
         res = pyro_vi.psis_khat(model, guide, x, num_samples=40)
-    assert idata.log_likelihood.sizes["draw"] == 40
+    assert idata.log_likelihood.sizes["chain"] * idata.log_likelihood.sizes["draw"] == 40
     assert {"posterior_predictive", "log_likelihood", "sample_stats"} <= set(idata.groups())
     assert res.khat.numel() == (len(x) if pointwise else 1)
     assert not bool(torch.isnan(res.khat).any()) and not bool((res.khat == float("inf")).any())

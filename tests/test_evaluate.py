@@ -322,7 +322,7 @@ def test_elbo_log_marginal_and_psis_khat_see_the_same_draws():
         assert res.pointwise and res.log_weights.shape == (s, 7)
         torch.testing.assert_close(lm, res.log_weights.logsumexp(0) - math.log(s))
         torch.testing.assert_close(e, res.log_weights.mean(0))
-        stats = torch.as_tensor(idata.sample_stats["log_weight_local"].values[0])
+        stats = torch.as_tensor(idata.sample_stats["log_weight_local"].values).flatten(0, 1)
         torch.testing.assert_close(stats, res.log_weights)
 
     def global_model(x):

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from pyro import poutine
+from torch.distributions import biject_to
 
 from pyro_vi.evaluate.weights import (
     DATA_PLATE,
@@ -134,6 +135,7 @@ class Draws(LogWeights):
     tolerance_local: torch.Tensor | None = None
     random_globals: bool = False
     fixed_globals: set[str] = field(default_factory=set)
+    point_masses: set[str] = field(default_factory=set)  # Delta in the guide, not in the model
 
 
 def _check_samples(num_samples: int, least: int = MIN_SAMPLES) -> None:
@@ -296,6 +298,8 @@ def _collect(parts: list[Scored], done: list[tuple], args) -> Draws:
     terms = {key: torch.cat([getattr(p, key) for p in parts]) for key in keys}
     lik = {k: torch.cat([d[2][k] for d in done]) for k in lik0}
     fixed = {k for k in glob if bool((values[k] == values[k][:1]).all())}
+    model_fns = {k: site["fn"] for k, site in first.model_latent.items()}
+    point = {k for k in first.guide_sites if _point_mass(values[k], model_fns.get(k))}
     return Draws(
         num_samples=sum(p.num_particles for p in parts), values=values, dims=dims,
         sizes=plate_sizes, local_sites=local, global_sites=glob, enumerated=set(first.enumerated),
@@ -304,7 +308,21 @@ def _collect(parts: list[Scored], done: list[tuple], args) -> Draws:
         log_lik=lik, predictive=predictive, observed=observed,
         data_index=first.data_index if has_data else None,
         **_tolerances(terms, lik, args), random_globals=bool(glob - fixed), fixed_globals=fixed,
+        point_masses=point,
     )  # fmt: skip
+
+
+def _point_mass(draws: torch.Tensor, model_fn) -> bool:
+    """True when the guide's draws of a continuous site are all equal (a point mass, such as
+    ``AutoDelta``'s) although the model's distribution there has room to vary (not, e.g., a
+    Dirichlet over one component)."""
+    if model_fn is None or model_fn.support.is_discrete or len(draws) < 2:
+        return False
+    try:
+        free = math.prod(biject_to(model_fn.support).inverse_shape(model_fn.event_shape))
+    except (NotImplementedError, AttributeError, TypeError):
+        free = 1
+    return free > 0 and bool((draws == draws[:1]).all())
 
 
 def _tolerances(terms: dict, lik: dict, args) -> dict:
@@ -474,6 +492,13 @@ def psis_khat(
         lw = d.log_weight_local
     else:
         lw = d.log_weight
+    if point := sorted(d.point_masses & (d.local_sites if pointwise else set(d.values))):
+        raise DiagnosticsError(
+            f"the guide's {point[0]!r} is a point mass (e.g. AutoDelta): importance sampling "
+            "from it is undefined, so there is no k-hat (constant weights are not an exact "
+            "guide): use a guide with a density for it (AutoNormal), or pointwise k-hat with "
+            "point masses for global latents only"
+        )
     smoothed, khat = psis(lw, d.tolerance_local if pointwise else d.tolerance)
     return PSISResult(khat, lw, smoothed, d.values, bool(pointwise), d.data_index)
 
@@ -499,11 +524,16 @@ def to_inference_data(
     prior: bool = False,
     vectorize: bool | None = None,
     chunk_size: int | None = None,
+    chains: int = 4,
     **kwargs,
 ) -> az.InferenceData:
     """``num_samples`` draws from ``guide`` as an :class:`arviz.InferenceData`.
 
-    Groups: ``posterior`` (chain=1, draw=S) with the global latents, and the local ones (plate
+    The draws are independent samples from q, not one MCMC chain: they are split into ``chains``
+    pseudo-chains (the largest divisor of S up to ``chains``; ``chains=1`` keeps one), so that
+    ArviZ's shape checks pass and ``az.summary``'s columns read as they should for independent
+    draws (r_hat near 1, ess near S, mcse = sd / sqrt(S)); ``sample_stats.attrs["draws"]`` says so.
+    Groups: ``posterior`` (chain, draw) with the global latents, and the local ones (plate
     ``"data"``) when ``local=True`` or when there are no global latents (``local=None``);
     ``posterior_predictive`` and ``observed_data`` for every observed site; ``log_likelihood``
     per datapoint for observed sites in the plate ``"data"`` (``az.loo`` works; use :func:`loo`
@@ -517,7 +547,8 @@ def to_inference_data(
     if local is None:
         local = not d.global_sites
     names = sorted(d.global_sites | (d.local_sites if local else set()))
-    ch = lambda t: _np(t)[None]  # noqa: E731 - (chain=1, draw, ...)
+    c = max(k for k in range(1, max(chains, 1) + 1) if d.num_samples % k == 0)
+    ch = lambda t: _np(t).reshape(c, -1, *t.shape[1:])  # noqa: E731 - (chain, draw, ...)
     posterior = {k: ch(d.values[k]) for k in names}
     event_rank = {k: v.dim() - 1 - len(d.dims[k]) for k, v in {**d.values, **d.predictive}.items()}
     dims = {k: v + [f"{k}_dim_{j}" for j in range(event_rank[k])] for k, v in d.dims.items()}
@@ -539,6 +570,10 @@ def to_inference_data(
         groups["prior"] = {k: ch(v) for k, (v, _) in pt["latent"].items() if k in names}
         groups["prior_predictive"] = {k: ch(v) for k, (v, _) in pt["observed"].items()}
     idata = arviz().from_dict(**groups, coords=_coords(d), dims=dims)
+    idata.sample_stats.attrs["draws"] = (
+        f"{d.num_samples} independent draws from the variational guide q (not MCMC), split into "
+        f"{c} chains"
+    )
     idata.sample_stats.attrs["random_globals"] = int(d.random_globals)
     idata.sample_stats.attrs["khat_tolerance"] = float(d.tolerance)
     if d.tolerance_local is not None:
@@ -571,6 +606,12 @@ def prior_draws(model: Callable, *args, num_samples: int = 1000, **kwargs) -> di
 
 
 # ----------------------------------------------------------------------------- LOO
+def _merged(var) -> torch.Tensor:
+    """An InferenceData variable's values with chain and draw merged into one axis (float64)."""
+    v = torch.as_tensor(var.values, dtype=torch.float64)
+    return v.reshape(-1, *v.shape[2:])
+
+
 def loo(idata: az.InferenceData, var_name: str | None = None) -> ELPDData:
     """PSIS-LOO for draws from a variational approximation (Magnusson et al. 2019).
 
@@ -597,12 +638,12 @@ def loo(idata: az.InferenceData, var_name: str | None = None) -> ELPDData:
         var_name = names[0]
     elif var_name not in names:
         raise DiagnosticsError(f"var_name={var_name!r} is not in the log_likelihood {names}")
-    lik = torch.as_tensor(ll[var_name].values[0], dtype=torch.float64)  # (S, N)
+    lik = _merged(ll[var_name])  # (S, N)
     stats = idata.sample_stats
     if stats.attrs.get("random_globals", 1):
-        lw = torch.as_tensor(stats["log_weight"].values[0], dtype=torch.float64)[:, None]
+        lw = _merged(stats["log_weight"])[:, None]
     else:
-        lw = torch.as_tensor(stats["log_weight_local"].values[0], dtype=torch.float64)
+        lw = _merged(stats["log_weight_local"])
     s, n = lik.shape
     tol = float(stats.attrs.get("khat_tolerance", 0.0))
     if not stats.attrs.get("random_globals", 1) and "khat_tolerance_local" in stats.attrs:

@@ -33,6 +33,7 @@ import torch
 
 from pyro_vi.evaluate.weights import (
     EvaluationError,
+    every_row,
     log_weights,
     max_plate_nesting,
     plate_nesting_of,
@@ -62,14 +63,20 @@ def elbo(
     set's size: the data plate's full size (``size=`` when the rows are a subsample, ``idx=``,
     ``size=``), else the rows given; so the values of all rows, or of all batches of an epoch,
     sum to the full-data ELBO. Particles are vectorized where the model allows it (else drawn
-    one at a time, with a warning naming the fix); ``vectorize=False`` draws one at a time.
+    one at a time, with a warning naming the fix); ``vectorize=False`` draws one at a time. A model
+    that subsamples itself (``pyro.plate(..., subsample_size=B)``) is scored on every row, B rows
+    at a time.
     """
     if num_particles < 1:
         raise EvaluationError(f"num_particles={num_particles}: use at least 1")
+    return every_row(_elbo, model, guide, args, kwargs, num_particles, chunk_size=chunk_size,
+                     nesting=nesting, vectorize=vectorize)  # fmt: skip
+
+
+def _elbo(model, guide, args, kwargs, num_particles, **options) -> torch.Tensor:
     local, global_, size = summed_log_weights(
-        model, guide, args, kwargs, num_particles, chunk_size=chunk_size, nesting=nesting,
-        vectorize=vectorize,
-    )  # fmt: skip
+        model, guide, args, kwargs, num_particles, stacklevel=6, **options
+    )
     return (local + global_ / size) / num_particles
 
 
@@ -85,19 +92,24 @@ def log_marginal(
     """Per-datapoint importance-sampled :math:`\\log p(x_i)` (IWAE-K bound), shape (N,).
 
     Particles are drawn from the guide in chunks of ``chunk_size`` (automatic: bounded memory) and
-    combined with a running log-sum-exp. Runs without gradients.
+    combined with a running log-sum-exp. Runs without gradients. A model that subsamples itself
+    (``pyro.plate(..., subsample_size=B)``) is scored on every row, B rows at a time.
     """
     if num_samples < 1:
         raise EvaluationError(f"num_samples={num_samples}: use at least 1")
-    acc = None
     with torch.no_grad():
-        for scored in score_chunks(model, guide, args, kwargs, num_samples, nesting=nesting,
-                                   chunk_size=chunk_size):  # fmt: skip
-            if bool((scored.log_weight_global != 0).any()):
-                raise EvaluationError(
-                    "log_marginal needs every latent inside the 'data' plate; this model has "
-                    "global latent sites: use pyro_vi.elbo or PSIS diagnostics for it"
-                )
-            lse = torch.logsumexp(scored.log_weight_local, 0)
-            acc = lse if acc is None else torch.logaddexp(acc, lse)
+        return every_row(_log_marginal, model, guide, args, kwargs, num_samples,
+                         nesting=nesting, chunk_size=chunk_size)  # fmt: skip
+
+
+def _log_marginal(model, guide, args, kwargs, num_samples, **options) -> torch.Tensor:
+    acc = None
+    for scored in score_chunks(model, guide, args, kwargs, num_samples, stacklevel=5, **options):
+        if bool((scored.log_weight_global != 0).any()):
+            raise EvaluationError(
+                "log_marginal needs every latent inside the 'data' plate; this model has "
+                "global latent sites: use pyro_vi.elbo or PSIS diagnostics for it"
+            )
+        lse = torch.logsumexp(scored.log_weight_local, 0)
+        acc = lse if acc is None else torch.logaddexp(acc, lse)
     return acc - math.log(num_samples)

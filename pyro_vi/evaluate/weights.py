@@ -94,6 +94,49 @@ class WeightsError(EvaluationError, DiagnosticsError):
     so callers of either layer catch it); the message names the problem and the fix."""
 
 
+class DrawnRows(WeightsError):
+    """A plate of the model draws its own subsample of the rows (``pyro.plate(name, N,
+    subsample_size=B)`` with no indices given), so one trace scores B random rows, not all N.
+    :func:`pyro_vi.elbo` and :func:`pyro_vi.log_marginal` catch it and score every row in
+    chunks of B (:func:`every_row`); the diagnostics, which need all rows in one trace, say so."""
+
+    def __init__(self, name: str, size: int, subsample_size: int, device):
+        self.name, self.size, self.subsample_size, self.device = name, size, subsample_size, device
+        super().__init__(
+            f"the model's plate {name!r} draws its own {subsample_size} of {size} rows "
+            "(subsample_size), so one trace sees a random subset: give the model idx=None, "
+            "size=None and pyro.plate(name, size, subsample=idx), or a subsample_size of None "
+            "when evaluating"
+        )
+
+
+def drawn_rows(trace) -> DrawnRows | None:
+    """The :class:`DrawnRows` of a plate in ``trace`` that drew its own rows, or None."""
+    for name, site in trace.nodes.items():
+        fn = site["fn"] if site["type"] == "sample" else None
+        if isinstance(fn, _Subsample) and not site["is_observed"]:
+            if fn.subsample_size is not None and fn.subsample_size < fn.size:
+                return DrawnRows(name, int(fn.size), int(fn.subsample_size), fn.device)
+    return None
+
+
+def every_row(evaluate: Callable[..., torch.Tensor], model: Callable, guide: Callable, *args,
+              **kwargs) -> torch.Tensor:  # fmt: skip
+    """``evaluate(model, guide, *args, **kwargs)``, a per-row estimate of shape (N,), on every
+    row: where a plate of the model draws its own B rows (:class:`DrawnRows`), the plate is
+    conditioned on consecutive chunks of B indices (the last wrapped around and cut), in model
+    and guide alike, and the chunks are joined."""
+    try:
+        return evaluate(model, guide, *args, **kwargs)
+    except DrawnRows as own:
+        parts, n, b = [], own.size, own.subsample_size
+        for start in range(0, n, b):
+            rows = {own.name: torch.arange(start, start + b, device=own.device) % n}
+            m, g = poutine.condition(model, data=rows), poutine.condition(guide, data=rows)
+            parts.append(evaluate(m, g, *args, **kwargs)[: n - start])
+        return torch.cat(parts)
+
+
 # ----------------------------------------------------------------------------- sites and plates
 def is_subsample_site(site) -> bool:
     """True for the sample site a ``pyro.plate`` records for its indices (not a random variable)."""
@@ -310,6 +353,8 @@ def score(
         # enum dims left of the particles' dim, also when that plate is absent
         m = poutine.enum(poutine.replay(model, trace=gt), first_available_dim=-(nesting + 2))
         mt = poutine.trace(m).get_trace(*args, **kwargs)
+    if (own := drawn_rows(mt)) is not None:
+        raise own
     guide_all = {k: s for k, s in gt.nodes.items() if is_latent(s)}
     guide_sites = {k: s for k, s in guide_all.items() if not s["infer"].get("is_auxiliary")}
     model_latent = {k: s for k, s in mt.nodes.items() if is_latent(s)}
@@ -440,7 +485,8 @@ def summed_log_weights(
     global ones (0-dim), with the data set's full size: what ELBO estimates are made of.
     ``options`` go to :func:`score_chunks`. Differentiable when grad mode is on."""
     local, global_, size = 0.0, 0.0, 1
-    for scored in score_chunks(model, guide, args, kwargs, num_particles, stacklevel=4, **options):
+    options.setdefault("stacklevel", 4)
+    for scored in score_chunks(model, guide, args, kwargs, num_particles, **options):
         local = local + scored.log_weight_local.sum(0)
         global_ = global_ + scored.log_weight_global.sum(0)
         size = scored.data_size
