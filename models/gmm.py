@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import pyro
 import pyro.distributions as dist
+import sklearn.exceptions
 import torch
 from pyro import poutine
 from pyro.infer import TraceEnum_ELBO, TraceGraph_ELBO
@@ -69,8 +70,9 @@ class GMMError(ValueError):
     """Data or options a GMM cannot take; the message names the problem and the fix."""
 
 
-class NotFittedError(GMMError, AttributeError):
-    """The GMM is used before :meth:`GMM.setup` or :meth:`GMM.fit`."""
+class NotFittedError(GMMError, sklearn.exceptions.NotFittedError):
+    """The GMM is used before :meth:`GMM.setup` or :meth:`GMM.fit` (also scikit-learn's
+    ``NotFittedError``, a ``ValueError`` and ``AttributeError``)."""
 
 
 def check_options(n_components: int, covariance: str) -> None:

@@ -155,7 +155,7 @@ def test_enumeration_gradient_is_the_analytic_one():
     resp = torch.softmax(gmm.log_joint(x, v), -1)  # (N, K)
     var = v["scales"] ** 2
     like = ((resp[:, :, None] * (x[:, None, :] - v["locs"])) / var).sum(0)
-    prior = -(v["locs"] - gmm.center) / (2.0 * gmm.spread) ** 2
+    prior = -(v["locs"] - gmm.mixture_.center) / (2.0 * gmm.mixture_.spread) ** 2
     torch.testing.assert_close(-grad, like + prior, rtol=1e-4, atol=1e-5)
 
 
@@ -256,7 +256,7 @@ def test_api_shapes_and_sampling():
 def test_bad_inputs_are_one_line_errors():
     x, _, _, _ = separated(50)
     with pytest.raises(GMMError, match="n_components"):
-        GMM(0)
+        GMM(0).fit(x)  # checked by fit, not by the constructor (scikit-learn's rule)
     with pytest.raises(GMMError, match="exceeds"):
         GMM(60).fit(x)
     bad = x.clone()
@@ -294,7 +294,7 @@ def test_lkj_prior_lives_with_the_data():
     gmm = GMM(n_components=2, covariance="full")
     x = torch.randn(50, 3, dtype=torch.float64)
     gmm.setup(x, generator=torch.Generator().manual_seed(0))
-    prior = gmm.mixture.priors(x)["corr_chol"]
+    prior = gmm.mixture_.priors(x)["corr_chol"]
     assert prior.concentration.dtype == torch.float64 and prior.concentration.device == x.device
     assert prior.log_prob(torch.eye(3, dtype=torch.float64)).dtype == torch.float64
 
@@ -357,3 +357,48 @@ def test_each_guide_is_a_plain_pyro_callable_that_fits_as_the_estimator_does(kin
     torch.testing.assert_close(est.means_, locs[order], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(est.covariances_, cov[order], rtol=1e-5, atol=1e-6)
     assert est.objective_ == pytest.approx(model.objective(x, values), rel=1e-6)
+
+
+# Checks scikit-learn's check_estimator may skip here, each with its reason.
+SKIPPED = {
+    "check_array_api_input": "runs only with SCIPY_ARRAY_API=1 set before SciPy loads; the "
+    "estimator's back-end is torch, reached through numpy or torch tensors, not the array API",
+}
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [GMM(), GMM(2, covariance="diag", n_init=2), GMM(2, method="map", epochs=3, batch_size=64)],
+    ids=["em", "em-diag", "svi-map"],
+)
+def test_check_estimator(estimator):
+    """scikit-learn's own estimator checks pass, for the closed-form and the SVI fits."""
+    from sklearn.utils.estimator_checks import check_estimator
+
+    results = check_estimator(estimator, on_fail=None)
+    failed = {r["check_name"]: str(r["exception"]) for r in results if r["status"] == "failed"}
+    assert not failed
+    assert {r["check_name"] for r in results if r["status"] == "skipped"} <= set(SKIPPED)
+    assert len(results) > 30
+
+
+def test_sklearn_protocol_numpy_in_numpy_out_and_model_selection():
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV
+
+    x, z, xt, zt = separated(300)
+    est = GMM(3, n_init=2)
+    assert est.get_params()["n_components"] == 3 and est.get_params()["method"] == "em"
+    copy = clone(est.set_params(covariance="diag"))
+    assert copy.get_params() == est.get_params() and not hasattr(copy, "means_")
+    copy.fit(x.numpy())
+    assert isinstance(copy.predict(xt.numpy()), np.ndarray)
+    assert isinstance(copy.predict(xt), torch.Tensor)
+    np.testing.assert_allclose(copy.score_samples(xt.numpy()), copy.score_samples(xt).numpy())
+    assert adjusted_rand_score(z.numpy(), copy.fit_predict(x.numpy())) > 0.9
+    # keywords of fit that name parameters are set_params shorthand, and stay set
+    assert GMM(3).fit(x, method="cavi", seed=1).get_params()["method"] == "cavi"
+    # held-out log-likelihood (DensityMixin.score) picks K: 3 components beat 1 and 2 clearly
+    search = GridSearchCV(GMM(n_init=2), {"n_components": [1, 2, 3, 4]}, cv=3).fit(x.numpy())
+    scores = search.cv_results_["mean_test_score"]
+    assert search.best_params_["n_components"] in (3, 4) and scores[2] > scores[1] + 0.1
