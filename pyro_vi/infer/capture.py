@@ -46,6 +46,8 @@ import pyro.util
 import torch
 from torch import fx
 
+from pyro_vi.infer import static_dice
+
 __all__ = ["CapturedStep", "traceable_pyro", "trace", "script"]
 
 _PLAIN = (bool, int, float, str, type(None))
@@ -54,9 +56,11 @@ _PLAIN = (bool, int, float, str, type(None))
 @contextmanager
 def traceable_pyro():
     """Let ``make_fx`` trace Pyro's ELBOs: ``torch_item`` keeps tensors (detached) instead of
-    reading Python numbers, and ``warn_if_nan`` and the support check of a distribution built
-    while validation was on (e.g. a ``PyroSample`` prior; data-dependent checks) are skipped;
-    the caller checks the loss it gets back, and the eager first step validated."""
+    reading Python numbers, ``warn_if_nan`` and the support check of a distribution built
+    while validation was on (e.g. a ``PyroSample`` prior; data-dependent checks) are skipped,
+    and enumerated ELBOs take their expectation without a branch on values
+    (:mod:`pyro_vi.infer.static_dice`); the caller checks the loss it gets back, and the eager
+    first step validated."""
     originals = {"torch_item": pyro.infer.util.torch_item, "warn_if_nan": pyro.util.warn_if_nan}
     replacements = {
         "torch_item": lambda x: x.detach() if torch.is_tensor(x) else x,
@@ -73,6 +77,10 @@ def traceable_pyro():
     dist = torch.distributions.Distribution
     patched.append((dist, "_validate_sample", dist._validate_sample))
     dist._validate_sample = lambda self, value: None
+    if static_dice.SUPPORTED:  # enumerated ELBOs: the masked sum without a branch on values
+        dice = pyro.infer.util.Dice
+        patched.append((dice, "compute_expectation", dice.compute_expectation))
+        dice.compute_expectation = static_dice.compute_expectation
     try:
         yield
     finally:
