@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -142,8 +143,9 @@ def _fashion_mnist(rng, root=None):
         if all((debian / (f + ".gz")).exists() for f in files):
             raw.mkdir(parents=True, exist_ok=True)
             for f in files:  # the Debian copy, decompressed into torchvision's layout
-                tmp = raw / (f + ".tmp")
-                with gzip.open(debian / (f + ".gz"), "rb") as src, open(tmp, "wb") as dst:
+                # a temporary name of this process's own: two processes may unpack at once
+                fd, tmp = tempfile.mkstemp(dir=raw, prefix=f + ".", suffix=".tmp")
+                with gzip.open(debian / (f + ".gz"), "rb") as src, os.fdopen(fd, "wb") as dst:
                     shutil.copyfileobj(src, dst)
                 os.replace(tmp, raw / f)
         else:
