@@ -48,9 +48,11 @@ CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 class WordCategorical(dist.Categorical):
     """``Categorical(softmax(out(states)))`` at every position, its logits made on demand.
 
-    ``log_prob`` applies the output layer only where ``where`` is true (the real words; other
-    positions get 0, and the site's mask drops them anyway), in blocks, so its memory is bounded
-    by a block of tokens times the vocabulary for any number of sentences and particles.
+    ``log_prob`` is 0 where ``where`` is false (padding; the site's mask drops it anyway). Up to
+    a block of tokens times the vocabulary (2**24 logits) it scores every position at once, with
+    shapes that do not depend on the words (so training steps can be captured); beyond, it
+    applies the output layer only at the real words, in blocks, so its memory stays bounded for
+    any number of sentences and particles.
     """
 
     arg_constraints = {}  # the logits are checked where they are made
@@ -86,9 +88,14 @@ class WordCategorical(dist.Categorical):
             self._validate_sample(value)
         shape = torch.broadcast_shapes(value.shape, self.batch_shape)
         where = self.where.expand(shape)
+        block = max(1, 2**24 // self._num_events)
+        if shape.numel() <= block:  # all positions at once: shapes independent of the words
+            states = self.states.expand(shape + self.states.shape[-1:])
+            lp = -F.cross_entropy(self.out(states).movedim(-1, 1), value.long().expand(shape),
+                                  reduction="none")  # fmt: skip
+            return lp.where(where, 0.0)
         h = self.states.expand(shape + self.states.shape[-1:])[where]
         v = value.long().expand(shape)[where]
-        block = max(1, 2**24 // self._num_events)
         lp = [-F.cross_entropy(self.out(h[i : i + block]), v[i : i + block], reduction="none")
               for i in range(0, len(v), block)]  # fmt: skip
         return h.new_zeros(shape).index_put((where,), torch.cat(lp) if lp else h.new_zeros(0))
@@ -196,9 +203,7 @@ class LanguageModel(nn.Module, Model):
         return out.reshape(lead + x.shape + (self.hidden,))
 
     def _observe(self, x: torch.Tensor, z: torch.Tensor | None) -> None:
-        mask = sentence_mask(x)
-        t = int(mask.sum(-1).max())  # drop the columns that are padding in every row
-        x, mask = x[..., :t], mask[..., :t]
+        mask = sentence_mask(x)  # batches come trimmed (Split.row_end): no trim by values here
         words = WordCategorical(self.states(x, z), self.out, mask)
         pyro.sample("w", words.mask(mask).to_event(1), obs=x)
 

@@ -95,3 +95,14 @@ def test_fashion_mnist_is_the_canonical_set(tmp_path):
     assert tv.targets[:5].tolist() == [9, 0, 0, 3, 0]
     assert float(tv.data.float().mean() / 255) == pytest.approx(0.286, abs=5e-4)
     assert Path(tmp_path).exists()
+
+
+def test_trim_rows_keeps_columns_up_to_the_latest_first_end_and_split_batches_trim():
+    from pyro_vi.data import Split, trim_rows
+
+    x = torch.tensor([[5, 3, 0, 0, 0], [4, 6, 3, 0, 0], [7, 3, 3, 0, 0]])
+    assert trim_rows(x, 3).tolist() == [[5, 3, 0], [4, 6, 3], [7, 3, 3]]
+    assert trim_rows(torch.tensor([[1, 2, 0]]), 3).shape == (1, 3)  # no end: all columns
+    split = Split(x, row_end=3)
+    assert split.batch(torch.tensor([0, 2])).x.tolist() == [[5, 3], [7, 3]]
+    assert split.to("cpu").row_end == 3 and Split(x).batch(torch.tensor([0])).x.shape == (1, 5)

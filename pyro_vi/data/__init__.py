@@ -9,8 +9,9 @@ three :class:`Split` s (:mod:`~pyro_vi.data.split`); sentences become padded tok
 from .corpus import Vocabulary, load_corpus, sentence_mask, tokenize
 from .loaders import FILE_SUFFIXES, IMAGE_SETS, NAMES, load
 from .machine import DEBIAN_PACKAGES, debian_fashion, missing, system_data, wordnet_dir
-from .split import Batch, DataError, Dataset, Split, data_plate
+from .split import Batch, DataError, Dataset, Split, data_plate, trim_rows
 
 __all__ = ["Batch", "Dataset", "Split", "DataError", "load", "data_plate", "missing", "NAMES",
            "IMAGE_SETS", "FILE_SUFFIXES", "DEBIAN_PACKAGES", "debian_fashion", "system_data",
-           "wordnet_dir", "Vocabulary", "load_corpus", "sentence_mask", "tokenize"]  # fmt: skip
+           "wordnet_dir", "Vocabulary", "load_corpus", "sentence_mask", "tokenize",
+           "trim_rows"]  # fmt: skip

@@ -156,7 +156,7 @@ def load_corpus(
         for r, i in enumerate(rows):
             ids = vocab.encode(kept[i])
             x[r, : len(ids)] = ids
-        splits[key] = Split(torch.from_numpy(x).to(device))
+        splits[key] = Split(torch.from_numpy(x).to(device), row_end=EOS)
     xtr = splits["train"].x
     words = xtr[(xtr != PAD) & (xtr != EOS)]
     info = {

@@ -31,6 +31,19 @@ class DataError(ValueError):
     """A data set cannot be loaded or does not fit; the message names the problem and the fix."""
 
 
+def trim_rows(x: torch.Tensor, end: int) -> torch.Tensor:
+    """``x`` without the trailing columns that follow the first ``end`` of every row (rows
+    without ``end`` keep all columns)::
+
+        trim_rows(torch.tensor([[5, 3, 0, 0], [4, 3, 0, 0]]), end=3)  # -> columns 0..1
+    """
+    if x.shape[-1] == 0:
+        return x
+    hit = x == end
+    first = torch.where(hit.any(-1), hit.int().argmax(-1), x.shape[-1] - 1)
+    return x[..., : int(first.max()) + 1]
+
+
 class Batch(NamedTuple):
     """One batch: rows ``x``, labels ``y`` (or None), their dataset indices ``idx``, set size,
     and the rows of the split's other per-datapoint ``fields``."""
@@ -46,12 +59,16 @@ class Batch(NamedTuple):
 class Split:
     """One split of a data set: the whole of it as one tensor on one device. ``fields`` are
     further per-datapoint tensors (one row per row of ``x``) that a model takes as keywords
-    (``model(x, mask=None, ...)``); they are batched with ``x``."""
+    (``model(x, mask=None, ...)``); they are batched with ``x``. ``row_end`` is the token that
+    closes each row of variable-length rows padded after it (a sentence's ``<eos>``): a batch
+    then keeps the columns up to the latest first ``row_end`` among its rows (:func:`trim_rows`),
+    so that models never trim by their data's values and their steps can be captured."""
 
     x: torch.Tensor
     y: torch.Tensor | None = None
     binarize: str | None = None  # None | "static" (already applied) | "dynamic"
     fields: dict[str, torch.Tensor] = field(default_factory=dict)
+    row_end: int | None = None
 
     def __post_init__(self) -> None:
         for name, value in {"y": self.y, **self.fields}.items():
@@ -74,7 +91,7 @@ class Split:
     def to(self, device: torch.device | str) -> Split:
         y = None if self.y is None else self.y.to(device)
         fields = {k: v.to(device) for k, v in self.fields.items()}
-        return Split(self.x.to(device), y, self.binarize, fields)
+        return Split(self.x.to(device), y, self.binarize, fields, self.row_end)
 
     def batches(
         self,
@@ -99,7 +116,10 @@ class Split:
     def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> Batch:
         """The rows ``idx`` as a :class:`Batch` (x drawn by :meth:`sample_x`)."""
         fields = {k: v[idx] for k, v in self.fields.items()}
-        return Batch(self.sample_x(idx, generator), self._y(idx), idx, len(self), fields)
+        x = self.sample_x(idx, generator)
+        if self.row_end is not None:
+            x = trim_rows(x, self.row_end)
+        return Batch(x, self._y(idx), idx, len(self), fields)
 
     def sample_x(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Rows ``idx`` of x, with a fresh Bernoulli draw under dynamic binarization."""

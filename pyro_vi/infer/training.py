@@ -237,7 +237,8 @@ def _as_split(data, device, y=None, fields=None) -> tuple[Split, Split | None]:
         if y is not None and data.y is not None:
             raise FitError("labels twice: the Split has y already; drop fit's y= or the Split's")
         y = data.y if y is None else y
-        return Split(data.x, y, data.binarize, {**data.fields, **(fields or {})}).to(device), None
+        fields = {**data.fields, **(fields or {})}
+        return Split(data.x, y, data.binarize, fields, data.row_end).to(device), None
     if torch.is_tensor(data):
         return Split(data, y, fields=dict(fields or {})).to(device), None
     raise FitError(f"data of type {type(data).__name__}: pass a Dataset, a Split or a tensor")
