@@ -215,3 +215,14 @@ def test_enumerated_gmm_fits_on_captured_steps_as_it_does_eagerly(method):
     assert captured.step.startswith("captured"), captured.step
     for h_c, h_e in zip(captured.history, eager.history, strict=True):
         assert h_c["train_elbo"] == pytest.approx(h_e["train_elbo"], rel=1e-5)
+
+
+def test_graphs_whose_shapes_depend_on_the_data_values_are_refused():
+    """A boolean mask's size is fixed by the capture batch; replaying it on other values would
+    fail or be wrong, so such a graph is named and refused (integer gathers are fine)."""
+    from pyro_vi.infer.capture import _dynamic_shape, trace
+
+    x, i = torch.randn(6), torch.tensor([0, 2])
+    assert _dynamic_shape(trace(lambda x, i: x[i] * 2, (x, i))) is None
+    assert _dynamic_shape(trace(lambda x: x[x > 0] * 2, (x,))) == "aten.index.Tensor"
+    assert _dynamic_shape(trace(lambda x: torch.nonzero(x > 0).sum(), (x,))) is not None

@@ -108,11 +108,61 @@ def _writes_outside(gm: fx.GraphModule) -> str | None:
     return None
 
 
+def _dynamic_shape(gm: fx.GraphModule) -> str | None:
+    """Name of an operation whose output shape depends on its input's values (``nonzero``,
+    ``masked_select``, boolean indexing), if any: the trace fixed that shape to the capture
+    batch's, which a replay on other values would not match."""
+    for node in gm.graph.nodes:
+        target = node.target
+        if not isinstance(target, torch._ops.OpOverload) or not (
+            torch.Tag.dynamic_output_shape in target.tags
+            or torch.Tag.data_dependent_output in target.tags
+        ):
+            continue
+        if target.overloadpacket in _INDEXING and not _bool_index(node):
+            continue  # integer indices (gathers, Vindex): the output's shape is the indices'
+        return str(target)
+    return None
+
+
+_INDEXING = (torch.ops.aten.index, torch.ops.aten.index_put, torch.ops.aten.index_put_,
+             torch.ops.aten._index_put_impl_)  # fmt: skip
+
+
+def _bool_index(node: fx.Node) -> bool:
+    """Whether an indexing node indexes by a boolean mask computed from the step's inputs (or
+    cannot be told); a mask made of constants alone (``arange(n) < k``) has a fixed count."""
+    indices = node.args[1] if len(node.args) > 1 else ()
+    for index in indices or ():
+        if isinstance(index, fx.Node):
+            metas = (index.meta.get("val"), index.meta.get("tensor_meta"))
+            dtype = next((m.dtype for m in metas if m is not None), None)
+            if dtype is None or (dtype in (torch.bool, torch.uint8) and _from_inputs(index)):
+                return True
+    return False
+
+
+def _from_inputs(node: fx.Node) -> bool:
+    """Whether ``node`` depends on a placeholder (an input of the graph)."""
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "placeholder":
+            return True
+        todo.extend(n.all_input_nodes)
+    return False
+
+
 def trace(fn: Callable, inputs: tuple) -> fx.GraphModule:
     """The ATen graph of ``fn(*inputs)`` (forward and any autograd inside it), dead code removed."""
     from torch.fx.experimental import proxy_tensor
 
-    with torch.enable_grad(), _light_meta(proxy_tensor):
+    # oneDNN's fused RNN layers leave their backward's workspace undefined in a traced graph:
+    # traced without them, recurrent layers record their cells' plain operations
+    with torch.enable_grad(), _light_meta(proxy_tensor), _without_onednn():
         gm = proxy_tensor.make_fx(fn)(*inputs)
     gm.graph.eliminate_dead_code(is_impure_node=_draws_or_impure)
     # unused draws also become outputs, after the real ones: TorchScript's executor would
@@ -125,6 +175,17 @@ def trace(fn: Callable, inputs: tuple) -> fx.GraphModule:
         out.args = ([*out.args[0], *unused],)
     gm.recompile()
     return gm
+
+
+@contextmanager
+def _without_onednn():
+    """oneDNN off for the block (``torch.backends.mkldnn.flags`` would also reset TF32 and warn)."""
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = enabled
 
 
 @contextmanager
@@ -290,6 +351,9 @@ class CapturedStep:
                 gm = trace(outputs_only, flat)
         except Exception as e:  # data-dependent control flow, untraceable operations
             return f"not traceable ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+        dynamic = _dynamic_shape(gm)
+        if dynamic is not None:
+            return f"shapes depend on the data's values ({dynamic})"
         mutated = _writes_outside(gm)
         if mutated is not None:
             return f"the step writes into a tensor outside it ({mutated})"
@@ -303,8 +367,11 @@ class CapturedStep:
             return "sparse gradients"
         for name, runner in runners:
             _set_rng_state(state, device)
-            with torch.no_grad():
-                replay = list(runner(*flat))[: len(eager)]
+            try:
+                with torch.no_grad():
+                    replay = list(runner(*flat))[: len(eager)]
+            except Exception:  # a graph this runner cannot run: try the next, else refuse
+                continue
             if eager_used == used and len(replay) == len(eager) and _same_rng(after, device):
                 if all(_agree(r, e) for r, e in zip(replay, eager, strict=True)):
                     self.runner = name
