@@ -4,15 +4,17 @@ The classes that ``pyro-vi fit NAME`` knows register themselves with one line,
 ``@register(NAME)`` (:func:`pyro_vi.protocol.register`); what a registered class provides is
 :class:`pyro_vi.protocol.Model`. :data:`REGISTRY` maps each CLI name to its class: ``vae``,
 ``hvae``,
-``cvae``, ``mdn``, ``text-vae``, ``text-lm``. GMM is fitted through its own estimator, FlowDensity
-from Python.
+``cvae``, ``mdn``, ``gmm`` (:class:`~.gmm_pair.GMMPair`; in Python :class:`GMM` is its
+scikit-learn estimator), ``nice``, ``realnvp`` (:class:`NICEDensity`, :class:`RealNVPDensity`: a
+:class:`FlowDensity` built from options), ``text-vae``, ``text-lm``.
 """
 
 from pyro_vi.protocol import REGISTRY
 
 from .cvae import CVAE
-from .flow_density import FlowDensity
+from .flow_density import FlowDensity, NICEDensity, RealNVPDensity
 from .gmm_estimator import GMM
+from .gmm_pair import GMMPair
 from .hvae import HVAE
 from .mdn import MDN
 from .text_vae import LanguageModel, TextVAE
@@ -24,7 +26,10 @@ __all__ = [
     "HVAE",
     "CVAE",
     "GMM",
+    "GMMPair",
     "FlowDensity",
+    "NICEDensity",
+    "RealNVPDensity",
     "MDN",
     "TextVAE",
     "LanguageModel",

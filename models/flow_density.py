@@ -38,12 +38,18 @@ density on :math:`[0,1)^D` to one on :math:`[0,256)^D`). The model draws :math:`
 generator at every call, so the training objective is this bound's unbiased estimate.
 
 Two-dimensional test sets (two moons are ``pyro_vi.data.load("moons")``) come from
-:func:`toy_2d`.
+:func:`toy_2d`. :class:`NICEDensity` and :class:`RealNVPDensity` are the CLI's models ``nice`` and
+``realnvp`` (their ``config`` rebuilds the flow)::
+
+    pyro-vi fit realnvp --dataset moons --num-layers 8 --hidden 64 64 --epochs 50 --out runs/rnvp
+    pyro-vi fit nice --dataset fashion-mnist --binarize none --out runs/nice
+    pyro-vi sample runs/rnvp -n 1000
 """
 
 from __future__ import annotations
 
 import math
+from typing import ClassVar, Literal
 
 import numpy as np
 import pyro
@@ -53,10 +59,11 @@ from pyro.distributions.torch_transform import TransformModule
 from pyro.distributions.transforms import AffineTransform, SigmoidTransform
 from torch import nn
 
-from pyro_vi.data import data_plate
+from pyro_vi.data import Dataset, data_plate
 from pyro_vi.flows import nice, realnvp
+from pyro_vi.protocol import Images, Item, Model, PositiveInt, Scatter, register
 
-__all__ = ["FlowDensity", "FlowDensityError", "toy_2d", "TOY_2D"]
+__all__ = ["FlowDensity", "NICEDensity", "RealNVPDensity", "FlowDensityError", "toy_2d", "TOY_2D"]
 
 TOY_2D = ("moons", "8gaussians", "checkerboard")
 
@@ -196,6 +203,108 @@ class FlowDensity(nn.Module):
         if self.images:
             x = torch.floor(x).clamp(0, 255) / 255.0
         return x
+
+
+class _BuiltFlowDensity(FlowDensity, Model):
+    """A :class:`FlowDensity` whose flow is built from options, so that ``config`` rebuilds it."""
+
+    builder: ClassVar = staticmethod(realnvp)
+
+    def __init__(
+        self,
+        dim: int,
+        num_layers: int = 4,
+        hidden: tuple[int, ...] | list[int] | None = None,
+        base: str = "normal",
+        images: bool = False,
+        alpha: float = 0.05,
+        name: str = "flow_density",
+    ) -> None:
+        hidden = None if hidden is None else tuple(hidden)
+        flow = type(self).builder(dim, num_layers=num_layers, hidden_dims=hidden)
+        super().__init__(flow, dim, base=base, images=images, alpha=alpha, name=name)
+        self.config = dict(dim=dim, num_layers=num_layers, hidden=hidden and list(hidden),
+                           base=base, images=images, alpha=alpha, name=name)  # fmt: skip
+
+    @classmethod
+    def _for(cls, data: Dataset, num_layers, hidden, base, alpha) -> _BuiltFlowDensity:
+        if data.train.binarize is not None:
+            raise FlowDensityError(
+                f"{data.name} is binarized ({data.train.binarize}): a flow density models the "
+                "8-bit pixels, pass --binarize none"
+            )
+        return cls(data.dim, num_layers, hidden, base, len(data.shape) > 1, alpha)
+
+    @torch.no_grad()
+    def report(self, data: Dataset, seed: int = 0) -> dict[str, Item]:
+        """``density``: the test rows' mean log-density (images: and bits/dim of one
+        dequantization draw); ``samples``: draws from the flow."""
+        x = data.test.x
+        g = torch.Generator(device=x.device).manual_seed(seed)
+        lp = torch.cat([self.log_prob(xb, g) for xb in x.split(1000)])
+        out: dict = {"test_log_density": float(lp.mean()), "rows": len(x)}
+        if self.images:
+            out["test_bits_per_dim"] = float(self.bits_per_dim(x, seed=seed).mean())
+        return {"density": out, "samples": self.samples(64 if self.images else 1000, data)}
+
+    def samples(self, n: int, data: Dataset) -> Item:
+        """``n`` draws: an image grid for images, else a scatter."""
+        x = self.sample(n)
+        if self.images:
+            return Images(x, tuple(data.shape))
+        return Scatter(x, title=f"{n} draws from the flow")
+
+
+@register("nice", dataset="moons")
+class NICEDensity(_BuiltFlowDensity):
+    """NICE density: additive couplings and a diagonal scaling on a logistic base (Dinh, Krueger
+    and Bengio 2014); see the module."""
+
+    builder = staticmethod(nice)
+
+    @classmethod
+    def from_data(
+        cls,
+        data: Dataset,
+        num_layers: PositiveInt = 4,
+        hidden: tuple[PositiveInt, ...] | None = None,
+        base: Literal["normal", "logistic"] = "logistic",
+        alpha: float = 0.05,
+    ) -> NICEDensity:
+        """A NICE density for ``data``; 8-bit images (values k/255) if it has an image shape.
+
+        :param num_layers: coupling layers of the flow
+        :param hidden: hidden widths of each coupling's network (default: two of max(64, D))
+        :param base: the flow's base distribution, standard and independent
+        :param alpha: images: the logit transform's alpha, in [0, 0.5)
+        """
+        return cls._for(data, num_layers, hidden, base, alpha)
+
+
+@register("realnvp", dataset="moons")
+class RealNVPDensity(_BuiltFlowDensity):
+    """Real-NVP density: affine couplings on a normal base (Dinh, Sohl-Dickstein and Bengio 2017);
+    see the module."""
+
+    builder = staticmethod(realnvp)
+
+    @classmethod
+    def from_data(
+        cls,
+        data: Dataset,
+        num_layers: PositiveInt = 4,
+        hidden: tuple[PositiveInt, ...] | None = None,
+        base: Literal["normal", "logistic"] = "normal",
+        alpha: float = 0.05,
+    ) -> RealNVPDensity:
+        """A Real-NVP density for ``data``; 8-bit images (values k/255) if it has an image shape.
+
+        :param num_layers: coupling layers of the flow
+        :param hidden: hidden widths of each coupling's network (default: two of max(64, D))
+        :param base: the flow's base distribution, standard and independent
+        :param alpha: images: the logit transform's alpha, in [0, 0.5)
+        """
+        return cls._for(data, num_layers, hidden, base, alpha)
 
 
 def _flow_dim(flow) -> int:

@@ -363,7 +363,10 @@ def test_registration_errors_name_the_fix(shift_registered):
 
 def test_each_models_own_defaults_win(tmp_path, capsys, one_thread):
     text = " ".join(_help(capsys, ["fit", "--help"]).split())
-    assert "[cvae 400, hvae 300, mdn 32 32, text-lm 256, text-vae 256, vae 400]" in text  # --hidden
+    assert (
+        "[cvae 400, hvae 300, mdn 32 32, nice none, realnvp none, text-lm 256, text-vae 256, "
+        "vae 400]" in text
+    )  # --hidden
     assert "[cvae 20, hvae 40, text-vae 32, vae 20]" in text  # --z-dim
     quick = ["--epochs", "1", "--iwae-k", "0", "--no-figures", "--batch-size", "512"]
     assert main(["fit", "mdn", *quick, "--out", str(tmp_path / "mdn")]) == 0

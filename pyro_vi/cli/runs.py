@@ -25,7 +25,7 @@ import torch
 from pyro_vi import __version__
 from pyro_vi.atomic import atomic_open
 from pyro_vi.data import IMAGE_SETS, Dataset, load
-from pyro_vi.evaluate.bounds import elbo, log_marginal, max_plate_nesting
+from pyro_vi.evaluate.bounds import GlobalLatentsError, elbo, log_marginal, max_plate_nesting
 from pyro_vi.infer.calling import Calling
 from pyro_vi.infer.checkpoint import load_checkpoint, restore_params
 from pyro_vi.infer.distributed import setup as setup_distributed
@@ -116,7 +116,12 @@ def _evaluate(model_obj, data: Dataset, iwae_k: int, particles: int = 10, seed: 
             out[f"{split}_elbo"] = float(v.mean())
         if iwae_k:
             args, kw = model_inputs(model_obj, data.test, seed)
-            lm = _per_datapoint(log_marginal, model_obj, args, kw, num_samples=iwae_k)
+            try:
+                lm = _per_datapoint(log_marginal, model_obj, args, kw, num_samples=iwae_k)
+            except GlobalLatentsError:  # log p(x_i) is not defined per point (a GMM's globals)
+                out["test_log_px"] = None
+                out["test_log_px_note"] = "not per datapoint: the model has global latents"
+                return out
             out["test_log_px"] = float(lm.mean())
             out["test_nll"] = -out["test_log_px"]
             out["iwae_k"] = iwae_k

@@ -33,6 +33,7 @@ import torch
 
 from pyro_vi.evaluate.weights import (
     EvaluationError,
+    GlobalLatentsError,
     every_row,
     log_weights,
     max_plate_nesting,
@@ -42,7 +43,8 @@ from pyro_vi.evaluate.weights import (
     trace_pair,
 )
 
-__all__ = ["elbo", "log_marginal", "log_weights", "max_plate_nesting", "EvaluationError"]
+__all__ = ["elbo", "log_marginal", "log_weights", "max_plate_nesting", "EvaluationError",
+           "GlobalLatentsError"]  # fmt: skip
 __all__ += ["plate_nesting_of", "trace_pair"]  # re-exported from the engine, for pyro_vi.fit
 
 
@@ -106,7 +108,7 @@ def _log_marginal(model, guide, args, kwargs, num_samples, **options) -> torch.T
     acc = None
     for scored in score_chunks(model, guide, args, kwargs, num_samples, stacklevel=5, **options):
         if bool((scored.log_weight_global != 0).any()):
-            raise EvaluationError(
+            raise GlobalLatentsError(
                 "log_marginal needs every latent inside the 'data' plate; this model has "
                 "global latent sites: use pyro_vi.elbo or PSIS diagnostics for it"
             )

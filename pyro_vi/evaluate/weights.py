@@ -43,6 +43,7 @@ from pyro import poutine
 from pyro.poutine.subsample_messenger import _Subsample
 
 __all__ = [
+    "GlobalLatentsError",
     "CHUNK_BUDGET",
     "DATA_PLATE",
     "PARTICLES",
@@ -83,6 +84,11 @@ _FALLBACK = (
 
 class EvaluationError(ValueError):
     """The model/guide pair cannot be evaluated per datapoint; the message says why and how."""
+
+
+class GlobalLatentsError(EvaluationError):
+    """A per-datapoint log p(x) is asked of a model with latent variables outside the data plate
+    (a mixture's weights and means, a Bayesian network's weights): it is not defined per point."""
 
 
 class DiagnosticsError(ValueError):
