@@ -21,6 +21,15 @@ Full run::
     python benchmarks/distributed.py --epochs 10 --test-size 10000
 
 Last line: ``{"speedup_2_procs": .., "elbo_diff_nats": ..}``.
+
+Weak scaling (the per-rank load fixed, the global batch growing with the ranks)::
+
+    python benchmarks/distributed.py --weak --epochs 4 --train-size 24000 --test-size 1000
+
+runs ``1rank`` (one process, one thread, batch ``--rank-batch``, default 1,000) and ``2ranks``
+(two gloo ranks, one thread each, global batch 2 x ``--rank-batch``) on the same images; the
+throughput is training images per second of the median epoch after the first (which holds the
+captures). Last line: ``{"weak_scaling_2_ranks": .., "images_per_second_1": .., ...}``.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ CONFIGS = {  # name: (processes, threads per process)
     "1proc-1thread": (1, 1),
     "2procs-1thread": (2, 1),
 }
+WEAK = {"1rank": (1, 1), "2ranks": (2, 1)}  # --weak: global batch = ranks x --rank-batch
 
 
 def worker(a) -> None:
@@ -53,7 +63,7 @@ def worker(a) -> None:
 
     torch.set_num_threads(a.threads)
     pyro.set_rng_seed(a.seed)
-    ds = load("fashion-mnist", binarize="dynamic", valid_fraction=0.0, seed=a.seed)
+    ds = load("fashion-mnist", binarize=a.binarize, valid_fraction=0.0, seed=a.seed)
     train = ds.train
     if a.train_size:
         train = Split(train.x[: a.train_size], train.y[: a.train_size], train.binarize)
@@ -70,18 +80,23 @@ def worker(a) -> None:
     with torch.no_grad():
         test_elbo = elbo(vae.model, vae.guide, x, num_particles=10).mean().item()
     epochs = [h["seconds"] for h in result.history]
+    timed = epochs[1:] if len(epochs) > 1 else epochs  # the first epoch holds the captures
     out = dict(test_elbo=test_elbo, epoch_seconds=epochs, median_epoch=statistics.median(epochs),
+               median_epoch_after_first=statistics.median(timed), images=len(train),
+               step=result.step,
                fit_seconds=seconds, train_elbo=result.history[-1]["train_elbo"],
                world_size=result.config.get("world_size", 1), threads=a.threads)  # fmt: skip
     Path(a.result).write_text(json.dumps(out))
 
 
 def run(name: str, a, folder: Path) -> dict:
-    procs, threads = CONFIGS[name]
+    procs, threads = {**CONFIGS, **WEAK}[name]
+    batch = a.rank_batch * procs if a.weak else a.batch_size
     result = folder / f"{name}.json"
     args = [__file__, "--worker", "--threads", str(threads), "--result", str(result),
             "--epochs", str(a.epochs), "--train-size", str(a.train_size), "--test-size",
-            str(a.test_size), "--batch-size", str(a.batch_size), "--seed", str(a.seed)]  # fmt: skip
+            str(a.test_size), "--batch-size", str(batch), "--seed", str(a.seed),
+            "--binarize", a.binarize]  # fmt: skip
     if procs > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                     f"--nproc_per_node={procs}"]  # fmt: skip
@@ -105,7 +120,15 @@ def main(argv=None) -> dict | None:
     p.add_argument("--train-size", type=int, default=0, help="first N training images (0: all)")
     p.add_argument("--test-size", type=int, default=10000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--configs", nargs="+", default=None, choices=[*CONFIGS, *WEAK])
+    p.add_argument("--weak", action="store_true", help="weak scaling: 1 rank against 2 ranks")
+    p.add_argument(
+        "--binarize",
+        default="dynamic",
+        choices=["dynamic", "static"],
+        help="dynamic (the recipe): every rank draws the whole global batch's noise",
+    )
+    p.add_argument("--rank-batch", type=int, default=1000, help="--weak: rows per rank and step")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--distributed", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
@@ -118,8 +141,11 @@ def main(argv=None) -> dict | None:
     from pyro_vi.data import load
 
     load("fashion-mnist")  # decompress once, before several ranks read it
+    configs = a.configs or list(WEAK if a.weak else CONFIGS)
     with tempfile.TemporaryDirectory() as tmp:
-        results = {name: run(name, a, Path(tmp)) for name in a.configs}
+        results = {name: run(name, a, Path(tmp)) for name in configs}
+    if a.weak:
+        return _weak(results, a)
     single = {k: v for k, v in results.items() if v["world_size"] == 1}
     dist = results.get("2procs-1thread")
     summary = {"configs": results}
@@ -139,6 +165,19 @@ def main(argv=None) -> dict | None:
     else:
         out = {}
     print(json.dumps(summary, default=float), file=sys.stderr)
+    print(json.dumps(out))
+    return out
+
+
+def _weak(results: dict, a) -> dict:
+    """The weak-scaling summary: images per second of 2 ranks over 1 rank."""
+    rate = {k: v["images"] / v["median_epoch_after_first"] for k, v in results.items()}
+    print(json.dumps({"configs": results}, default=float), file=sys.stderr)
+    out = {f"images_per_second_{results[k]['world_size']}": round(r, 1) for k, r in rate.items()}
+    if {"1rank", "2ranks"} <= set(rate):
+        out = {"weak_scaling_2_ranks": round(rate["2ranks"] / rate["1rank"], 3), **out}
+    print(f"weak scaling: per-rank batch {a.rank_batch}, {a.epochs} epochs, "
+          f"{a.train_size or 60000} training images")  # fmt: skip
     print(json.dumps(out))
     return out
 
