@@ -1,6 +1,8 @@
 """Captured SVI steps (pyro_vi.infer.capture): the replayed graph is the eager objective, and
 capture is refused where a replay would not be faithful."""
 
+import functools
+import math
 import re
 
 import pyro
@@ -226,3 +228,39 @@ def test_graphs_whose_shapes_depend_on_the_data_values_are_refused():
     assert _dynamic_shape(trace(lambda x, i: x[i] * 2, (x, i))) is None
     assert _dynamic_shape(trace(lambda x: x[x > 0] * 2, (x,))) == "aten.index.Tensor"
     assert _dynamic_shape(trace(lambda x: torch.nonzero(x > 0).sum(), (x,))) is not None
+
+
+@pytest.mark.parametrize("slow", [False, True])
+def test_auto_drops_a_capture_whose_replays_are_not_faster(digits, one_thread, monkeypatch, slow):
+    """capture="auto" times replays after the warm-up too: a captured step made slower than the
+    eager one (a sleep around the replay stands in for a matmul-bound graph traced without
+    oneDNN) is dropped and the loop goes on eagerly; an honest capture of the small VAE stays."""
+    import time
+
+    from pyro_vi import SVI
+    from pyro_vi.infer import capture as capture_module
+
+    if slow:
+        original = capture_module.CapturedStep.__call__
+
+        def slow_call(self, *args, **kwargs):
+            out = original(self, *args, **kwargs)
+            time.sleep(0.02)
+            return out
+
+        monkeypatch.setattr(capture_module.CapturedStep, "__call__", slow_call)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    vae = VAE(64, 2, (16,))
+    svi = SVI(vae.model, vae.guide, functools.partial(torch.optim.Adam, lr=1e-3),
+              make_loss("elbo", max_plate_nesting=1), capture="auto")  # fmt: skip
+    idx, n = torch.arange(128), len(digits.train)
+    x = digits.train.batch(idx, torch.Generator().manual_seed(0)).x
+    steps = 2 + SVI.MEASURED + SVI.WARMUP + SVI.MEASURED + 3
+    losses = [svi.step(x, idx=idx, size=n) for _ in range(steps)]
+    assert all(math.isfinite(v) for v in losses)
+    if slow:
+        assert svi.mode.startswith("eager (captured steps were not faster: "), svi.mode
+        assert svi.captured_steps == SVI.WARMUP + SVI.MEASURED
+    else:
+        assert svi.mode == "captured (torchscript)", svi.mode

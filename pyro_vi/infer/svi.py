@@ -196,11 +196,16 @@ class SVI:
         capture: replay captured steps where the objective allows (True), never (False), or
             where it pays (``"auto"``): the first :attr:`MEASURED` repeated steps run eagerly and
             are timed, then :class:`Payoff` decides from them and :attr:`planned_steps` (the
-            steps the loop will make in all; None: an open-ended loop, which captures).
+            steps the loop will make in all; None: an open-ended loop, which captures). Once
+            captured, :attr:`MEASURED` replays after the first :attr:`WARMUP` are timed too, and
+            if their median is not below the eager steps' median the capture is dropped and the
+            rest of the run is eager (steps dominated by large matrix products gain nothing).
     """
 
-    #: eager steps timed before ``capture="auto"`` decides
+    #: eager steps timed before ``capture="auto"`` decides (and replays timed after it)
     MEASURED = 8
+    #: replays not timed (the capture itself, TorchScript's first optimizing runs)
+    WARMUP = 4
 
     def __init__(
         self,
@@ -238,6 +243,8 @@ class SVI:
         self.captured_steps = 0
         self.steps = 0  # calls of loss_and_grads (steps begun)
         self.auto = capture == "auto"
+        self._check_replays = capture == "auto"  # compare replayed with eager step times
+        self._replay_timings: list[float] = []
         self.planned_steps = planned_steps
         self._timings: list[float] = []  # seconds of the eager steps of a seen signature
 
@@ -360,7 +367,23 @@ class SVI:
                 Payoff.record(cost_ratio=seconds / eager)
             elif self.captured_steps == 4:  # past TorchScript's first optimizing runs
                 Payoff.record(speedup=seconds / eager)
+            if self._check_replays and not fresh and self.captured_steps > self.WARMUP:
+                self._judge_replays(seconds, eager)
         return loss
+
+    def _judge_replays(self, seconds: float, eager: float) -> None:
+        """capture="auto": once :attr:`MEASURED` replays are timed, drop a capture that is not
+        faster than the eager step (the next steps run eagerly)."""
+        self._replay_timings.append(seconds)
+        if len(self._replay_timings) < self.MEASURED:
+            return
+        self._check_replays = False
+        replayed = statistics.median(self._replay_timings)
+        if replayed >= eager:
+            self._refuse(
+                f"captured steps were not faster: {1e3 * replayed:.2f} ms replayed against "
+                f"{1e3 * eager:.2f} ms eager"
+            )
 
     def update(self) -> None:
         """Step the parameters that have a gradient, then drop every gradient (None, so that
