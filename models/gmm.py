@@ -58,7 +58,7 @@ from pyro_vi.infer.em import component_log_prob, init_params
 
 __all__ = [
     "MixtureModel", "map_guide", "meanfield_guide", "ScoreGuide", "AmortizedGuide", "loss_for",
-    "kmeans_init", "GMMError", "NotFittedError", "GUIDES", "GLOBALS",
+    "kmeans_init", "GMMError", "NotFittedError", "GUIDES", "GLOBALS", "draw_mixture",
 ]  # fmt: skip
 
 GUIDES = ("map", "meanfield", "score", "amortized")
@@ -82,6 +82,26 @@ def check_options(n_components: int, covariance: str) -> None:
         raise GMMError(f"n_components={n_components!r}: use a whole number >= 1")
     if covariance not in ("full", "diag"):
         raise GMMError(f"covariance={covariance!r} is not known: use 'full' or 'diag'")
+
+
+def draw_mixture(
+    weights: torch.Tensor,
+    locs: torch.Tensor,
+    cov: torch.Tensor,
+    n: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``n`` draws ``(x, z)`` from a Gaussian mixture: :math:`z \sim \mathrm{Categorical}(\pi)`,
+    :math:`x = \mu_z + L_z \epsilon` with :math:`L_z L_z^\top = \Sigma_z`, :math:`\epsilon \sim
+    N(0, I)`; ``cov`` holds covariances (K, D, D) or variances (K, D). The noise is drawn on the
+    CPU from ``generator`` (torch's default one if None), then moved to the mixture's device."""
+    z = torch.multinomial(weights.cpu(), n, replacement=True, generator=generator)
+    eps = torch.randn(n, locs.shape[-1], generator=generator, dtype=locs.dtype)
+    z, eps = z.to(locs.device), eps.to(locs.device)
+    if cov.dim() == 2:
+        return locs[z] + cov[z].sqrt() * eps, z
+    tril = torch.linalg.cholesky(cov)
+    return locs[z] + (tril[z] @ eps.unsqueeze(-1)).squeeze(-1), z
 
 
 class MixtureModel(nn.Module):

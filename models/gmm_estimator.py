@@ -54,6 +54,7 @@ from .gmm import (
     ScoreGuide,
     Values,
     check_options,
+    draw_mixture,
     kmeans_init,
     loss_for,
     map_guide,
@@ -372,14 +373,7 @@ class GMM(DensityMixin, BaseEstimator):
         ``eps ~ N(0, I)``."""
         self._fitted()
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        dev, n = self.means_.device, n_samples
-        labels = torch.multinomial(self.weights_.cpu(), n, replacement=True, generator=gen)
-        eps = torch.randn(n, self.means_.shape[1], generator=gen, dtype=self.means_.dtype)
-        labels, eps = labels.to(dev), eps.to(dev)
-        if self.covariance == "diag":
-            return self.means_[labels] + self.covariances_[labels].sqrt() * eps, labels
-        tril = torch.linalg.cholesky(self.covariances_)
-        return self.means_[labels] + (tril[labels] @ eps.unsqueeze(-1)).squeeze(-1), labels
+        return draw_mixture(self.weights_, self.means_, self.covariances_, n_samples, gen)
 
     def n_parameters(self) -> int:
         """Free parameters: K - 1 weights, K D means, K D or K D (D + 1) / 2 covariance terms."""

@@ -26,7 +26,15 @@ from torch import nn
 from pyro_vi.data import Dataset
 from pyro_vi.protocol import Item, Model, Scatter, register
 
-from .gmm import GMMError, MixtureModel, Values, kmeans_init, map_guide, meanfield_guide
+from .gmm import (
+    GMMError,
+    MixtureModel,
+    Values,
+    draw_mixture,
+    kmeans_init,
+    map_guide,
+    meanfield_guide,
+)
 
 __all__ = ["GMMPair"]
 
@@ -119,13 +127,7 @@ class GMMPair(nn.Module, Model):
     @torch.no_grad()
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, z)``: ``n`` draws from the mixture at the point estimate, and their components."""
-        weights, locs, cov = self.mixture.moments(self.point())
-        z = torch.multinomial(weights, n, replacement=True)
-        eps = torch.randn(n, self.mixture.dim, dtype=locs.dtype, device=locs.device)
-        if cov.dim() == 2:  # variances (diagonal, or D = 1)
-            return locs[z] + cov[z].sqrt() * eps, z
-        tril = torch.linalg.cholesky(cov)
-        return locs[z] + (tril[z] @ eps.unsqueeze(-1)).squeeze(-1), z
+        return draw_mixture(*self.mixture.moments(self.point()), n)
 
     @torch.no_grad()
     def report(self, data: Dataset, seed: int = 0) -> dict[str, Item]:
